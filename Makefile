@@ -1,0 +1,46 @@
+# capseg — two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-nbs test-py check-export bench docs clean
+
+install: $(STAMP)
+
+# Idempotent: reinstalls only when the project metadata or the pins change.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@start=$$(date +%s); \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' && \
+	echo "install: $$(( $$(date +%s) - start )) s"
+	@touch $@
+
+demo: install
+	$(BIN)/capseg demo --out runs/demo
+
+# capseg/ must be exactly what the notebooks export.
+check-export: install
+	@rm -rf /tmp/capseg-export-check && cp -r capseg /tmp/capseg-export-check
+	@$(BIN)/nbdev-export
+	@diff -r -x __pycache__ /tmp/capseg-export-check capseg >/dev/null || \
+	  { echo "capseg/ is out of sync with nbs/: run nbdev-export and commit"; diff -r -x __pycache__ /tmp/capseg-export-check capseg | head -40; exit 1; }
+	@echo "check-export: capseg/ in sync with nbs/"
+
+test-nbs: install
+	$(BIN)/nbdev-test --n-workers 2 --timing
+
+test-py: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+
+test: check-export test-nbs test-py
+
+bench: install
+	$(BIN)/python bench/segment.py
+	$(BIN)/python bench/caption.py
+
+docs: install
+	$(BIN)/python -m capseg.docs
+
+clean:
+	rm -rf _docs _proc runs
