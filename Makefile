@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-nbs test-py check-export bench docs clean
+.PHONY: install demo test test-nbs test-py check-export bench docs browser clean
 
 install: $(STAMP)
 
@@ -33,14 +33,22 @@ test-nbs: install
 test-py: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
 
-test: check-export test-nbs test-py
+test: check-export test-nbs docs browser test-py
 
 bench: install
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/caption.py
 
+# nbdev-docs needs Quarto; where it is missing (this offline machine) render nbdev's processed notebooks with nbconvert.
 docs: install
-	$(BIN)/python -m capseg.docs
+	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; \
+	else rm -rf _proc _docs && $(BIN)/nbdev-proc-nbs >/dev/null && $(BIN)/python tools/render_docs.py; fi
+
+# Debian's Chromium and its driver for the browser test of the docs (skipped where they cannot be installed).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "browser: could not install chromium (not root?); the docs browser test will be skipped"
 
 clean:
 	rm -rf _docs _proc runs
