@@ -1,13 +1,14 @@
 """Fallback docs build for machines without Quarto: render nbdev's processed notebooks (`_proc/`, from
-`nbdev-proc-nbs`) to static HTML in `_docs/` with nbconvert, with a navigation bar taken from `nbs/sidebar.yml`.
+`nbdev-proc-nbs`) to static HTML in `_docs/` with nbconvert, with a navigation bar taken from `nbs/sidebar.yml`,
+and `README.md` from `index.ipynb` (what `nbdev-readme` does with Quarto).
 
 It honours the few Quarto cell options nbdev emits (`echo: false`, `include: false`) and nothing more: where Quarto
 is installed, `make docs` runs `nbdev-docs` instead."""
-import os, re, sys
+import os, re, shutil, sys
 from pathlib import Path
 
 import nbformat, yaml
-from nbconvert import HTMLExporter
+from nbconvert import HTMLExporter, MarkdownExporter
 from traitlets.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,15 +65,28 @@ def nav_html(pages, current: str) -> str:
             + ' · '.join(links) + '</nav>')
 
 
-def main():
-    if not PROC.exists(): sys.exit('render_docs: run nbdev-proc-nbs first (no _proc/)')
-    out_dir = ROOT/'_docs'
-    site_url = yaml.safe_load((NBS/'nbdev.yml').read_text())['website'].get('site-url', '').rstrip('/') + '/'
+def exporter_config() -> Config:
     c = Config()
     c.TagRemovePreprocessor.enabled = True
     c.TagRemovePreprocessor.remove_input_tags = {'remove_input'}
     c.TemplateExporter.exclude_input_prompt = c.TemplateExporter.exclude_output_prompt = True
-    exporter = HTMLExporter(config=c, template_name='lab')
+    return c
+
+
+def write_readme(nb, meta: dict):
+    "README.md from the processed index notebook; its images (committed under nbs/images/) are linked from there."
+    prepare(nb, meta)
+    md, _ = MarkdownExporter(config=exporter_config()).from_notebook_node(nb)
+    md = re.sub(r'\]\((?!https?:)images/', '](nbs/images/', md)
+    (ROOT/'README.md').write_text(md.strip() + '\n')
+    print('render_docs: README.md')
+
+
+def main():
+    if not PROC.exists(): sys.exit('render_docs: run nbdev-proc-nbs first (no _proc/)')
+    out_dir = ROOT/'_docs'
+    site_url = yaml.safe_load((NBS/'nbdev.yml').read_text())['website'].get('site-url', '').rstrip('/') + '/'
+    exporter = HTMLExporter(config=exporter_config(), template_name='lab')
     pages, notebooks = [], []
     for section, name in sidebar_entries():
         nb = nbformat.read(PROC/name, as_version=4)
@@ -81,6 +95,9 @@ def main():
         if name == 'index.ipynb': href = 'index.html'
         pages.append((section, meta.get('title', Path(name).stem), href))
         notebooks.append((nb, meta, href))
+    index = nbformat.read(PROC/'index.ipynb', as_version=4)
+    write_readme(index, front_matter(index))
+    if (NBS/'images').exists(): shutil.copytree(NBS/'images', out_dir/'images', dirs_exist_ok=True)
     for nb, meta, href in notebooks:
         prepare(nb, meta)
         html, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': f"capseg - {meta.get('title', '')}"}})
