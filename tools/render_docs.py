@@ -14,6 +14,7 @@ from traitlets.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 PROC, NBS = ROOT/'_proc', ROOT/'nbs'
 _cell_keys = {'cell_type', 'id', 'metadata', 'source', 'outputs', 'execution_count', 'attachments'}
+_heading_id = re.compile(r'(<h[1-6] id="([^"]+)")')   # show_doc links use lower-case anchors
 _link_attrs = re.compile(r'\)\{[^}\n]*\}')
 _directive = re.compile(r'^\s*#\|\s*([\w-]+)\s*:\s*(.*?)\s*$')
 
@@ -104,6 +105,7 @@ def main():
         up = os.path.relpath('.', os.path.dirname(href) or '.')
         html = html.replace(site_url, '' if up == '.' else up + '/')
         html = re.sub(r'href="([^":]+)\.ipynb', r'href="\1.html', html)
+        html = _heading_id.sub(lambda m: (f'<a id="{m[2].lower()}"></a>' if m[2] != m[2].lower() else '') + m[1], html)
         html = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + nav_html(pages, href), html, count=1)
         dest = out_dir/href
         dest.parent.mkdir(parents=True, exist_ok=True)
