@@ -1,0 +1,176 @@
+"`capseg segment` end to end: train on the shapes and on an npz, bad input, kill + resume, eval, predict."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import capseg_exe, run_capseg
+from capseg.data import make_shapes, save_seg_npz
+from capseg.segment import chan_vese_loss, flip_invariant_iou
+
+SERIES = [f'{s}/{q}' for s in ('train', 'test') for q in ('loss', 'fidelity', 'regularization', 'iou')]
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def check_run(out: Path, metrics: dict, epochs: int):
+    for f in ('model.pt', 'metrics.json', 'curves.png', 'results_train.png', 'results_test.png', 'checkpoint.pt'):
+        assert (out / f).stat().st_size > 0, f
+    assert json.loads((out / 'metrics.json').read_text())['test_iou'] == metrics['test_iou']
+    assert 0 <= metrics['test_iou'] <= 100 and metrics['train_seconds'] > 0 and metrics['epochs'] == epochs
+    assert sorted(metrics['history']) == sorted(SERIES)
+    assert all(len(v) == epochs and all(len(e) == 2 for e in v) for v in metrics['history'].values())
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "A default model trained 3 epochs on the embedded shapes."
+    out = tmp_path_factory.mktemp('seg') / 'run'
+    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', 3)
+    assert r.returncode == 0, r.stderr
+    return out, last_json(r.stdout)
+
+
+def test_train_shapes(trained):
+    out, metrics = trained
+    check_run(out, metrics, 3)
+    assert metrics['test_iou'] > 60, 'three epochs already segment the shapes'
+    assert metrics['test_iou_per_image'] >= metrics['test_iou'] - 1e-9
+    rec = torch.load(out / 'model.pt', weights_only=False)
+    assert rec['arch'] == 'default' and {'mean', 'std'} <= set(rec['norm']) and rec['widths']
+
+
+@pytest.mark.parametrize('arch,size', [('default', 32), ('seed', 48)])
+def test_train_npz(tmp_path, arch, size):
+    data = tmp_path / 'x.npz'
+    save_seg_npz(make_shapes(n_train=96, n_test=40, size=size, seed=4), data)
+    r = run_capseg('segment', 'train', '--data', data, '--out', tmp_path / 'run', '--epochs', 2, '--arch', arch)
+    assert r.returncode == 0, r.stderr
+    metrics = last_json(r.stdout)
+    check_run(tmp_path / 'run', metrics, 2)
+    assert metrics['arch'] == arch and metrics['n_train'] == 96 and metrics['n_test'] == 40
+
+
+def bad_npzs(tmp: Path) -> dict:
+    good = make_shapes(n_train=8, n_test=8).arrays()
+    cases = {'missing-key': {k: v for k, v in good.items() if k != 'mask_train'},
+             'nan': {**good, 'image_test': np.full((8, 32, 32), np.nan, np.float32)},
+             'shape': {**good, 'mask_test': good['mask_test'][:, :16]},
+             'not-binary': {**good, 'mask_train': good['mask_train'] * 7},
+             '1d': {**good, 'image_train': np.zeros(5)}}
+    paths = {}
+    for name, arrays in cases.items():
+        np.savez(paths.setdefault(name, tmp / f'{name}.npz'), **arrays)
+    (tmp / 'text.npz').write_text('not a zip')
+    return {**paths, 'not-npz': tmp / 'text.npz', 'missing-file': tmp / 'absent.npz'}
+
+
+def test_bad_npz_one_line(tmp_path):
+    for name, path in bad_npzs(tmp_path).items():
+        r = run_capseg('segment', 'train', '--data', path, '--out', tmp_path / name, '--epochs', 1)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (name, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith('capseg: error: ') and str(path) in lines[0], (name, r.stderr)
+
+
+def start_training(out: Path, epochs: int) -> subprocess.Popen:
+    env = {**os.environ, 'CAPSEG_DEVICE': 'cpu'}
+    return subprocess.Popen([capseg_exe(), 'segment', 'train', '--shapes', '--out', str(out), '--epochs', str(epochs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_epoch(out: Path, proc: subprocess.Popen, epoch: int, timeout: float = 300) -> int:
+    "Wait until the checkpoint holds at least `epoch` epochs; return how many it holds."
+    end = time.time() + timeout
+    while time.time() < end:
+        if (out / 'checkpoint.pt').exists():
+            done = torch.load(out / 'checkpoint.pt', weights_only=False)['epoch']
+            if done >= epoch: return done
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGINT])
+def test_kill_then_resume(tmp_path, sig):
+    out, epochs = tmp_path / 'run', 8
+    proc = start_training(out, epochs)
+    try:
+        done = wait_for_epoch(out, proc, 2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert done < epochs, 'stopped mid-training'
+    if sig == signal.SIGINT: assert proc.returncode == 130 and '--resume' in err, err
+    else: assert proc.returncode == -signal.SIGKILL
+    assert not (out / 'metrics.json').exists()
+    kept = torch.load(out / 'checkpoint.pt', weights_only=False)['epoch']
+    assert 2 <= kept < epochs
+    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', epochs, '--resume')
+    assert r.returncode == 0, r.stderr
+    metrics = last_json(r.stdout)
+    check_run(out, metrics, epochs)
+
+
+def test_resume_needs_same_epochs(trained, tmp_path):
+    out, _ = trained
+    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', 5, '--resume')
+    assert r.returncode == 2 and '--epochs' in r.stderr
+
+
+def test_eval(trained, tmp_path):
+    out, metrics = trained
+    data = tmp_path / 'shapes.npz'
+    save_seg_npz(make_shapes(), data)                       # the same data as --shapes: the same test score
+    r = run_capseg('segment', 'eval', '--data', data, '--model', out, '--out', tmp_path / 'ev')
+    assert r.returncode == 0, r.stderr
+    ev = last_json(r.stdout)
+    assert abs(ev['test_iou'] - metrics['test_iou']) < 1e-6 and (tmp_path / 'ev' / 'metrics.json').exists()
+
+
+def test_predict(trained, tmp_path):
+    from PIL import Image
+    out, _ = trained
+    d = make_shapes(n_train=4, n_test=4, seed=9)
+    Image.fromarray((np.clip(d.image_test[0], 0, 1) * 255).astype(np.uint8)).save(tmp_path / 'a.png')
+    Image.fromarray((np.clip(d.image_test[1], 0, 1) * 255).astype(np.uint8)).convert('RGB').save(tmp_path / 'b.jpg')
+    Image.fromarray((np.clip(np.tile(d.image_test[2], (2, 2))[:50, :37], 0, 1) * 255).astype(np.uint8)).save(
+        tmp_path / 'odd.png')                                # a size that is not a multiple of 8
+    np.savez(tmp_path / 'c.npz', images=d.image_test)
+    r = run_capseg('segment', 'predict', '--model', out, tmp_path / 'a.png', tmp_path / 'b.jpg', tmp_path / 'odd.png',
+                   tmp_path / 'c.npz', '--out', tmp_path / 'masks')
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [row['name'] for row in rows[:3]] == ['a', 'b', 'odd'] and len(rows) == 3 + 4
+    for row in rows:
+        mask = np.asarray(Image.open(row['path']))
+        assert mask.shape == (row['height'], row['width']) and set(np.unique(mask)) <= {0, 255}
+        assert abs((mask > 0).mean() - row['foreground_fraction']) < 1e-6
+    assert (rows[2]['height'], rows[2]['width']) == (50, 37)
+    (tmp_path / 'bad.png').write_bytes(b'not an image')
+    r = run_capseg('segment', 'predict', '--model', out, tmp_path / 'bad.png')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'bad.png' in r.stderr
+
+
+def test_loss_and_iou_formulas():
+    "The loss against the formula evaluated directly in NumPy; the IoU's two flip choices."
+    rng = np.random.default_rng(1)
+    I, p, alpha = rng.normal(size=(3, 6, 5)) * [[[1]], [[4]], [[0.2]]] + [[[0]], [[9]], [[-3]]], rng.uniform(size=(3, 6, 5)), 0.3
+    a = (I * p).sum((1, 2)) / p.sum((1, 2))
+    b = (I * (1 - p)).sum((1, 2)) / (1 - p).sum((1, 2))
+    fid = (p * (I - a[:, None, None]) ** 2 + (1 - p) * (I - b[:, None, None]) ** 2).mean((1, 2))
+    dx = np.concatenate([np.diff(p, axis=2), np.zeros((3, 6, 1))], 2)
+    dy = np.concatenate([np.diff(p, axis=1), np.zeros((3, 1, 5))], 1)
+    reg = (np.abs(dx) + np.abs(dy)).mean((1, 2))
+    total, f, r = chan_vese_loss(torch.tensor(I), torch.tensor(p), alpha)
+    np.testing.assert_allclose(f.numpy(), fid, rtol=1e-12)
+    np.testing.assert_allclose(r.numpy(), reg, rtol=1e-12)
+    np.testing.assert_allclose(total.item(), (fid + alpha * reg).mean(), rtol=1e-12)
+    m = torch.zeros(2, 4, 4); m[:, 1:3, 1:3] = 1
+    q = torch.stack([m[0], 1 - m[1]])
+    assert flip_invariant_iou(q, m) == 50 and flip_invariant_iou(q, m, per_image=True) == 100
