@@ -62,12 +62,17 @@ def run(name, fn, results, noise):
 
 
 def main(argv=None):
-    global T0
+    global T0, RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--noise', type=float, nargs='+', default=[0.5, 0.75, 1.0])
     ap.add_argument('--full', action='store_true', help='seed pipeline for 275 epochs at every noise level')
-    ap.add_argument('--out', type=Path, default=ROOT / 'runs' / 'bench_segment')
+    ap.add_argument('--out', type=Path, default=ROOT / 'runs' / 'bench_segment', help='training runs go here')
+    ap.add_argument('--results', type=Path, default=RESULTS, help='the JSON to write')
+    ap.add_argument('--quick', action='store_true', help='smoke test: 3 epochs each (the seed scored after 2)')
     a = ap.parse_args(argv)
+    RESULTS = a.results
+    short = dict(epochs=3) if a.quick else {}
+    snap = 2 if a.quick else 60
     T0 = time.perf_counter()
     results = dict(machine=dict(cpus=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
                                 python=platform.python_version(), processor=platform.processor() or platform.machine(),
@@ -87,15 +92,15 @@ def main(argv=None):
         run('blur_otsu', lambda: {**(b := baseline_scores(data.image_test, data.mask_test)), 'test_iou': b['iou'],
                                   'test_iou_per_image': b['iou_per_image'], 'inference_images_per_s': b['images_per_s']},
             results, key)
-        run('default', lambda: train(data, out=out / 'default', device='cpu'), results, key)
-        run('supervised', lambda: train(data, out=out / 'supervised', device='cpu', supervised=True, figures=False),
-            results, key)
-        seed_epochs = 275 if (noise == 0.5 or a.full) else 60
-        name = f'seed_{seed_epochs}'
+        run('default', lambda: train(data, out=out / 'default', device='cpu', **short), results, key)
+        run('supervised', lambda: train(data, out=out / 'supervised', device='cpu', supervised=True, figures=False,
+                                        **short), results, key)
+        seed_epochs = 3 if a.quick else 275 if (noise == 0.5 or a.full) else 60
+        name = 'seed_275' if seed_epochs > snap else 'seed_60'
         run(name, lambda: train(data, out=out / 'seed', arch='seed', epochs=seed_epochs, device='cpu',
-                                callback=snapshot_at(60, out / 'seed')), results, key)
-        if seed_epochs > 60:
-            run('seed_60', lambda: score_snapshot(out / 'seed' / 'epoch60.pt', data), results, key)
+                                callback=snapshot_at(snap, out / 'seed')), results, key)
+        if seed_epochs > snap:
+            run('seed_60', lambda: score_snapshot(out / 'seed' / f'epoch{snap}.pt', data), results, key)
     d = results['noise'].get('0.5', {}).get('default')
     if d:
         results['targets'] = dict(iou_ge_90=d['test_iou'] >= 90, train_le_60s=d['train_seconds'] <= 60,

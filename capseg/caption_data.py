@@ -16,10 +16,10 @@ from PIL import Image, ImageDraw
 from .core import CapsegError, atomic_write, progress, save_json
 
 # %% auto #0
-__all__ = ['SPLITS', 'FLICKR8K_URLS', 'FLICKR8K_SPLIT_FILES', 'COLOURS', 'SHAPES', 'CaptionItem', 'load_image', 'clean_caption',
-           'parse_flickr8k_tokens', 'read_image_list', 'find_flickr8k', 'download_flickr8k', 'load_flickr8k',
-           'write_seed_json', 'read_caption_json', 'load_caption_folder', 'save_caption_folder', 'draw_shape',
-           'captioned_shapes', 'caption_objects', 'load_caption_data']
+__all__ = ['SPLITS', 'FLICKR8K_URLS', 'FLICKR8K_SPLIT_FILES', 'COLOURS', 'SHAPE_NAMES', 'CaptionItem', 'load_image',
+           'clean_caption', 'parse_flickr8k_tokens', 'read_image_list', 'find_flickr8k', 'download_flickr8k',
+           'load_flickr8k', 'write_seed_json', 'read_caption_json', 'load_caption_folder', 'save_caption_folder',
+           'paint_shape', 'captioned_shapes', 'caption_objects', 'load_caption_data']
 
 # %% ../nbs/03_caption_data.ipynb #33273221
 SPLITS = ('train', 'val', 'test')
@@ -210,10 +210,10 @@ def save_caption_folder(splits: dict[str, list[CaptionItem]], root: str | Path) 
 # %% ../nbs/03_caption_data.ipynb #e8c1f3ef
 COLOURS = {'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (50, 90, 230), 'yellow': (235, 215, 40),
            'purple': (150, 60, 200), 'white': (245, 245, 245)}
-SHAPES = ('circle', 'square', 'triangle', 'cross')
+SHAPE_NAMES = ('circle', 'square', 'triangle', 'cross')
 _SIZE_WORDS = {'small': ('small', 'little'), 'large': ('large', 'big')}
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill):
+def paint_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill):
     "Draw `shape` centred at (x, y) with half-size `r`."
     if shape == 'circle': draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
     elif shape == 'square': draw.rectangle([x - r * .85, y - r * .85, x + r * .85, y + r * .85], fill=fill)
@@ -231,14 +231,14 @@ def _shape_image(rng: random.Random, size: int, max_objects: int, jitter: float 
         r = cell * (rng.uniform(.26, .31) if sz == 'small' else rng.uniform(.39, .46))
         room = (cell / 2 - r - 1) * jitter
         x, y = (k % 3 + .5) * cell + rng.uniform(-room, room), (k // 3 + .5) * cell + rng.uniform(-room, room)
-        objs.append({'colour': rng.choice(list(COLOURS)), 'shape': rng.choice(SHAPES), 'size': sz,
+        objs.append({'colour': rng.choice(list(COLOURS)), 'shape': rng.choice(SHAPE_NAMES), 'size': sz,
                      'x': round(x, 1), 'y': round(y, 1), 'r': round(r, 1)})
     bg = rng.randint(25, 70)
     im = Image.new('RGB', (size, size), (bg, bg, bg + rng.randint(-10, 10)))
     d = ImageDraw.Draw(im)
     for o in objs:
         fill = tuple(int(np.clip(c + rng.randint(-20, 20), 0, 255)) for c in COLOURS[o['colour']])
-        draw_shape(d, o['shape'], o['x'], o['y'], o['r'], fill)
+        paint_shape(d, o['shape'], o['x'], o['y'], o['r'], fill)
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 6, (size, size, 3))
     return np.clip(np.asarray(im, dtype=np.float64) + noise, 0, 255).astype(np.uint8), objs
 
@@ -293,7 +293,7 @@ def caption_objects(caption: str) -> list[tuple[str | None, str]]:
     pairs, colour = [], None
     for w in re.findall(r'[a-z]+', caption.lower()):
         if w in COLOURS: colour = w
-        elif w in SHAPES:
+        elif w in SHAPE_NAMES:
             pairs.append((colour, w)); colour = None
     return pairs
 

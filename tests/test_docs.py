@@ -10,7 +10,10 @@ CHROMIUM, DRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium + chromium-driver not installed")
 
 # page → an API entry it must document
-MODULE_PAGES = {'core.html': 'History', 'plot.html': 'plot_curves', 'cli.html': 'main'}
+MODULE_PAGES = {'core.html': 'History', 'data.html': 'load_seg_npz', 'segment.html': 'chan_vese_loss',
+                'caption_data.html': 'parse_flickr8k_tokens', 'caption.html': 'CaptionDataset', 'metrics.html': 'corpus_bleu',
+                'plot.html': 'plot_curves', 'cli.html': 'main'}
+TUTORIALS = ['tutorials/segment_npz.html', 'tutorials/caption_flickr8k.html']
 
 
 @pytest.fixture(scope='module')
@@ -44,8 +47,10 @@ def open_page(browser, page):
 
 
 def broken_images(browser):
+    "Images of the site itself (inline plots, local files) that did not load; remote badges are not fetched offline."
     return browser.execute_script(
-        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))")
+        "return Array.from(document.images).filter(i => /^(data|file):/.test(i.src))"
+        ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))")
 
 
 def test_index(site, browser):
@@ -72,6 +77,14 @@ def test_plots_load(site, browser):
     imgs = b.find_elements('tag name', 'img')
     assert len(imgs) >= 3, 'the plot page shows its example figures'
     assert not broken_images(b)
+
+
+@pytest.mark.parametrize('page', TUTORIALS)
+def test_tutorial_pages(site, browser, page):
+    b = open_page(browser, page)
+    assert 'colab.research.google.com' in b.page_source, 'tutorials carry an Open-in-Colab badge'
+    local = b.execute_script("return Array.from(document.images).filter(i => /^(data|file):/.test(i.src)).length")
+    assert local >= 2 and not broken_images(b), 'tutorial figures load'
 
 
 def test_internal_links_resolve(site):

@@ -174,3 +174,19 @@ def test_loss_and_iou_formulas():
     m = torch.zeros(2, 4, 4); m[:, 1:3, 1:3] = 1
     q = torch.stack([m[0], 1 - m[1]])
     assert flip_invariant_iou(q, m) == 50 and flip_invariant_iou(q, m, per_image=True) == 100
+
+
+def test_augmentation_moves_image_and_mask_together():
+    from torchvision import tv_tensors
+    from capseg.segment import SegDataset, seg_transforms
+    torch.manual_seed(0)
+    imgs = np.random.default_rng(0).uniform(size=(40, 16, 16)).astype(np.float32)
+    for kind in ('seed', 'dihedral'):
+        ds = SegDataset(imgs, imgs > 0.5, seg_transforms(kind))
+        moved = 0
+        for i in range(len(ds)):
+            x, m = ds[i]
+            assert isinstance(x, tv_tensors.Image) and isinstance(m, tv_tensors.Mask)
+            assert torch.equal(m[0].bool(), x[0] > 0.5), kind
+            moved += not torch.equal(x[0], ds.images[i, 0])
+        assert moved > 20, kind
