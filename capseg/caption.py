@@ -59,7 +59,7 @@ def tiny_processor(image_size: int = 48):
 
 def tiny_model(tokenizer, image_size: int = 48, patch_size: int = 16, hidden_size: int = 128, encoder_layers: int = 3,
                decoder_layers: int = 3, heads: int = 4, max_positions: int = 64, dropout: float = 0.0):
-    "A small ViT + small GPT-2 (with cross-attention) `VisionEncoderDecoderModel`, built from configs (1.4M parameters)."
+    "A small ViT + small GPT-2 (with cross-attention) `VisionEncoderDecoderModel`, built from configs (about 1.5M parameters)."
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
     enc = ViTConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=encoder_layers,
                     num_attention_heads=heads, intermediate_size=4 * hidden_size, hidden_dropout_prob=dropout,
@@ -203,7 +203,7 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 def resolve_amp(device, amp: str = 'auto', n_params: int = 0) -> str:
-    "'bf16', 'fp16' or 'off' for `amp` on `device`: see above for what 'auto' picks."
+    "'auto': bf16 on CUDA (fp16 without bf16); on a CPU with native bf16, bf16 for models of 50M+ parameters; else 'off'."
     if amp not in ('auto', 'bf16', 'fp16', 'off'): raise CapsegError(f'amp must be auto, bf16, fp16 or off, not {amp!r}')
     if amp != 'auto': return amp
     device = torch.device(device)

@@ -332,8 +332,9 @@ def _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callba
             total, fid, reg = chan_vese_loss(xb, p, recipe.alpha)
             loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
             if not torch.isfinite(loss):
-                raise CapsegError(f'training diverged in epoch {epoch + 1}: the loss is {loss.item()}; the last good '
-                                  f'checkpoint (epoch {epoch}) is kept in {out} — lower the learning rate or alpha')
+                kept = f'the last good checkpoint (epoch {epoch}) is kept in {out}' if epoch else 'no epoch finished'
+                raise CapsegError(f'training diverged in epoch {epoch + 1}: the loss is {loss.item()}; {kept} — '
+                                  'lower the learning rate or alpha')
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
