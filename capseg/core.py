@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CapsegError', 'get_device', 'seed_everything', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
-           'History', 'progress']
+__all__ = ['CapsegError', 'get_device', 'world_size', 'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects',
+           'seed_everything', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'History', 'progress']
 
 # %% ../nbs/00_core.ipynb #ab656aff
 class CapsegError(ValueError):
@@ -24,12 +24,47 @@ class CapsegError(ValueError):
 
 # %% ../nbs/00_core.ipynb #7d31a71b
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    "The torch device to use: `device`, else `$CAPSEG_DEVICE`, else cuda > mps > cpu."
+    "The torch device to use: `device`, else `$CAPSEG_DEVICE`, else cuda (this process's GPU under torchrun) > mps > cpu."
     device = device or os.environ.get('CAPSEG_DEVICE')
     if device: return torch.device(device)
-    if torch.cuda.is_available(): return torch.device('cuda')
+    if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #75eb5a7c
+def world_size() -> int:
+    "Number of processes: the process group's size once joined, else torchrun's `WORLD_SIZE`, else 1."
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_world_size()
+    return int(os.environ.get('WORLD_SIZE', 1))
+
+def rank() -> int:
+    "This process's rank (0 in a single process)."
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_rank()
+    return int(os.environ.get('RANK', 0))
+
+def is_main_process() -> bool:
+    "True in the process that writes files and prints (rank 0)."
+    return rank() == 0
+
+def init_distributed(device: torch.device | None = None) -> bool:
+    "Join torchrun's process group when `WORLD_SIZE` > 1 (NCCL for CUDA `device`, else gloo); True when distributed."
+    if int(os.environ.get('WORLD_SIZE', 1)) <= 1 or not torch.distributed.is_available(): return False
+    if not torch.distributed.is_initialized():
+        cuda = device is not None and torch.device(device).type == 'cuda'
+        if cuda: torch.cuda.set_device(torch.device(device))
+        torch.distributed.init_process_group('nccl' if cuda else 'gloo')
+    return True
+
+def barrier():
+    "Wait for every process (no-op in a single process)."
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.barrier()
+
+def gather_objects(obj) -> list:
+    "Every rank's `obj`, in rank order, on every rank (`[obj]` in a single process)."
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 # %% ../nbs/00_core.ipynb #9d83f4c3
 def seed_everything(seed: int = 0) -> torch.Generator:
