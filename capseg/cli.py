@@ -37,6 +37,7 @@ def _segment_parser(sub):
     p.add_argument('inputs', nargs='+', type=Path, metavar='IMAGE_OR_NPZ')
     p.add_argument('--out', type=Path, help='folder for the predicted masks (default: print only)')
 
+# %% ../nbs/07_cli.ipynb #ca86bf61
 def _caption_parser(sub):
     cap = sub.add_parser('caption', help='image captioning (ViT-GPT2)').add_subparsers(dest='action', required=True)
     def data_args(p):
@@ -61,6 +62,7 @@ def _caption_parser(sub):
     p.add_argument('--model', type=Path, required=True)
     p.add_argument('images', nargs='+', type=Path, metavar='IMAGE')
 
+# %% ../nbs/07_cli.ipynb #320dd72a
 def build_parser() -> argparse.ArgumentParser:
     "The `capseg` argument parser."
     parser = argparse.ArgumentParser(prog='capseg', description=__doc__ or
@@ -80,6 +82,7 @@ def _call(module: str, func: str, **kwargs):
     except (ImportError, AttributeError): raise CapsegError(f'capseg {module} {func} is not available yet')
     return fn(**kwargs)
 
+# %% ../nbs/07_cli.ipynb #e2a5f068
 def demo(out: Path = Path('runs/demo')) -> dict:
     "Run both embedded defaults: segmentation on noisy shapes, captioning on captioned shapes with the tiny model."
     out = Path(out)
@@ -90,6 +93,7 @@ def demo(out: Path = Path('runs/demo')) -> dict:
     save_json(metrics, out/'metrics.json')
     return metrics
 
+# %% ../nbs/07_cli.ipynb #4af4b57d
 def run(argv: list[str] | None = None):
     "Parse `argv` and run the command; returns what the library function returned."
     args = vars(build_parser().parse_args(argv))
@@ -97,6 +101,7 @@ def run(argv: list[str] | None = None):
     if command == 'demo': return demo(**args)
     return _call(command, _FUNCS[action], **args)
 
+# %% ../nbs/07_cli.ipynb #8d16d3c3
 def _print(result):
     if isinstance(result, list):
         for r in result: print(r if isinstance(r, str) else json.dumps(r))
