@@ -13,9 +13,12 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 from .core import CapsegError, save_json
 
 # %% auto #0
-__all__ = ['build_parser', 'demo', 'run', 'main']
+__all__ = ['build_parser', 'demo', 'run', 'summary', 'main']
 
 # %% ../nbs/07_cli.ipynb #e5f99918
+def _json_flag(p):
+    p.add_argument('--json', action='store_true', help='print the metrics as JSON (without the history) instead of a summary')
+
 def _segment_parser(sub):
     seg = sub.add_parser('segment', help='unsupervised Chan-Vese segmentation').add_subparsers(dest='action', required=True)
     p = seg.add_parser('train', help='train a segmentation network without masks')
@@ -28,10 +31,12 @@ def _segment_parser(sub):
     p.add_argument('--arch', choices=['default', 'seed'], default='default', help='network and optimiser recipe')
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    _json_flag(p)
     p = seg.add_parser('eval', help='score a trained model on an npz test split')
     p.add_argument('--data', type=Path, required=True)
     p.add_argument('--model', type=Path, required=True, help='folder written by `segment train`')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
+    _json_flag(p)
     p = seg.add_parser('predict', help='segment images (PNG/JPEG files or an npz)')
     p.add_argument('--model', type=Path, required=True)
     p.add_argument('inputs', nargs='+', type=Path, metavar='IMAGE_OR_NPZ')
@@ -53,11 +58,13 @@ def _caption_parser(sub):
     p.add_argument('--batch-size', type=int)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resume', action='store_true')
+    _json_flag(p)
     p = cap.add_parser('eval', help='BLEU-1..4 and CIDEr on a whole split')
     data_args(p)
     p.add_argument('--model', type=Path, required=True)
     p.add_argument('--split', default='test', choices=['train', 'val', 'test'])
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
+    _json_flag(p)
     p = cap.add_parser('predict', help='caption images')
     p.add_argument('--model', type=Path, required=True)
     p.add_argument('images', nargs='+', type=Path, metavar='IMAGE')
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _caption_parser(sub)
     p = sub.add_parser('demo', help='both embedded defaults end to end (a few minutes on a laptop CPU)')
     p.add_argument('--out', type=Path, default=Path('runs/demo'))
+    _json_flag(p)
     return parser
 
 # %% ../nbs/07_cli.ipynb #04d35e8c
@@ -98,18 +106,28 @@ def run(argv: list[str] | None = None):
     "Parse `argv` and run the command; returns what the library function returned."
     args = vars(build_parser().parse_args(argv))
     command, action = args.pop('command'), args.pop('action', None)
+    args.pop('json', None)
     if command == 'demo': return demo(**args)
     return _call(command, _FUNCS[action], **args)
 
 # %% ../nbs/07_cli.ipynb #8d16d3c3
-def _print(result):
+def summary(result: dict) -> str:
+    "A few lines for a person: the run's scalar results (the history and nested records stay in metrics.json)."
+    return '\n'.join(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}' for k, v in result.items()
+                     if isinstance(v, (int, float, str)) or v is None)
+
+def _print(result, as_json: bool = False):
     if isinstance(result, list):
         for r in result: print(r if isinstance(r, str) else json.dumps(r))
-    elif result is not None: print(json.dumps(result))
+    elif isinstance(result, dict):
+        result = {k: v for k, v in result.items() if k != 'history'}
+        print(json.dumps(result) if as_json else summary(result))
+    elif result is not None: print(result)
 
 def main(argv: list[str] | None = None):
     "Entry point of the `capseg` console script."
-    try: _print(run(argv))
+    as_json = getattr(build_parser().parse_args(argv), 'json', False)
+    try: _print(run(argv), as_json)
     except CapsegError as e:
         print(f'capseg: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -20,17 +20,18 @@ def last_json(stdout: str) -> dict:
 def check_run(out: Path, metrics: dict, epochs: int):
     for f in ('model.pt', 'metrics.json', 'curves.png', 'results_train.png', 'results_test.png', 'checkpoint.pt'):
         assert (out / f).stat().st_size > 0, f
-    assert json.loads((out / 'metrics.json').read_text())['test_iou'] == metrics['test_iou']
+    saved = json.loads((out / 'metrics.json').read_text())
+    assert saved['test_iou'] == metrics['test_iou'] and 'history' not in metrics, '--json leaves the history in the file'
     assert 0 <= metrics['test_iou'] <= 100 and metrics['train_seconds'] > 0 and metrics['epochs'] == epochs
-    assert sorted(metrics['history']) == sorted(SERIES)
-    assert all(len(v) == epochs and all(len(e) == 2 for e in v) for v in metrics['history'].values())
+    assert sorted(saved['history']) == sorted(SERIES)
+    assert all(len(v) == epochs and all(len(e) == 2 for e in v) for v in saved['history'].values())
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     "A default model trained 3 epochs on the embedded shapes."
     out = tmp_path_factory.mktemp('seg') / 'run'
-    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', 3)
+    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', 3, '--json')
     assert r.returncode == 0, r.stderr
     return out, last_json(r.stdout)
 
@@ -48,7 +49,7 @@ def test_train_shapes(trained):
 def test_train_npz(tmp_path, arch, size):
     data = tmp_path / 'x.npz'
     save_seg_npz(make_shapes(n_train=96, n_test=40, size=size, seed=4), data)
-    r = run_capseg('segment', 'train', '--data', data, '--out', tmp_path / 'run', '--epochs', 2, '--arch', arch)
+    r = run_capseg('segment', 'train', '--data', data, '--out', tmp_path / 'run', '--epochs', 2, '--arch', arch, '--json')
     assert r.returncode == 0, r.stderr
     metrics = last_json(r.stdout)
     check_run(tmp_path / 'run', metrics, 2)
@@ -111,7 +112,7 @@ def test_kill_then_resume(tmp_path, sig):
     assert not (out / 'metrics.json').exists()
     kept = torch.load(out / 'checkpoint.pt', weights_only=False)['epoch']
     assert 2 <= kept < epochs
-    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', epochs, '--resume')
+    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', epochs, '--resume', '--json')
     assert r.returncode == 0, r.stderr
     metrics = last_json(r.stdout)
     check_run(out, metrics, epochs)
@@ -127,7 +128,7 @@ def test_eval(trained, tmp_path):
     out, metrics = trained
     data = tmp_path / 'shapes.npz'
     save_seg_npz(make_shapes(), data)                       # the same data as --shapes: the same test score
-    r = run_capseg('segment', 'eval', '--data', data, '--model', out, '--out', tmp_path / 'ev')
+    r = run_capseg('segment', 'eval', '--data', data, '--model', out, '--out', tmp_path / 'ev', '--json')
     assert r.returncode == 0, r.stderr
     ev = last_json(r.stdout)
     assert abs(ev['test_iou'] - metrics['test_iou']) < 1e-6 and (tmp_path / 'ev' / 'metrics.json').exists()
