@@ -16,12 +16,12 @@ from skimage.draw import disk, ellipse, polygon
 from .core import CapsegError, atomic_write
 
 # %% auto #0
-__all__ = ['SEG_KEYS', 'SIZE_MULTIPLE', 'SHAPES', 'SegData', 'validate_seg_arrays', 'load_seg_npz', 'save_seg_npz', 'draw_shape',
+__all__ = ['SEG_KEYS', 'MIN_SIZE', 'SHAPES', 'SegData', 'validate_seg_arrays', 'load_seg_npz', 'save_seg_npz', 'draw_shape',
            'make_shapes_split', 'make_shapes']
 
 # %% ../nbs/01_data.ipynb #cb482e11
 SEG_KEYS = ('image_train', 'mask_train', 'image_test', 'mask_test')
-SIZE_MULTIPLE = 8
+MIN_SIZE = 8                    # pixels; any larger height and width will do
 
 @dataclass(eq=False)
 class SegData:
@@ -61,9 +61,8 @@ def _check_images(key: str, a, where: str) -> np.ndarray:
         raise CapsegError(f'{where}{key} has shape {a.shape}; it must be N×H×W (grey images, optionally N×1×H×W)')
     n, h, w = a.shape
     if n == 0: raise CapsegError(f'{where}{key} is empty (shape {a.shape})')
-    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-        raise CapsegError(f'{where}{key} has images of {h}×{w}; height and width must be multiples of '
-                          f'{SIZE_MULTIPLE} (crop or pad them)')
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise CapsegError(f'{where}{key} has images of {h}×{w}; height and width must be at least {MIN_SIZE}')
     if np.issubdtype(a.dtype, np.floating):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         if bad: raise CapsegError(f'{where}{key} has {bad} NaN or infinite value{"s" * (bad > 1)}')
@@ -126,44 +125,70 @@ def save_seg_npz(data: SegData | dict, path: str | Path, compressed: bool = True
 # %% ../nbs/01_data.ipynb #9709b081
 SHAPES = ('rectangle', 'circle', 'triangle', 'ellipse')
 
-def draw_shape(kind: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    "A `size`×`size` uint8 mask of one random shape of `kind` (one of `SHAPES`), drawn with `rng`."
+def draw_shape(kind: str, rng: np.random.Generator, size: int = 32, scale: float = 1.0) -> np.ndarray:
+    "A `size`×`size` uint8 mask of one random shape of `kind` (one of `SHAPES`), drawn with `rng`, `scale` × the usual size."
     m = np.zeros((size, size), np.uint8)
-    s = size / 32                                    # sizes are given for 32×32 and scale with the image
+    s = size / 32 * scale                            # sizes are given for 32×32 and scale with the image
+    fit = lambda r: min(r, size / 2 - 1.5)           # a shape always fits wholly inside the image
     if kind == 'rectangle':
-        h, w = rng.integers(round(6 * s), round(20 * s) + 1, 2)
+        h, w = rng.integers(round(6 * s), min(round(20 * s), size - 3) + 1, 2)
         r0, c0 = rng.integers(1, size - h), rng.integers(1, size - w)
         m[r0:r0 + h, c0:c0 + w] = 1
     elif kind == 'circle':
-        rad = rng.uniform(3.5 * s, 10 * s)
+        rad = fit(rng.uniform(3.5 * s, 10 * s))
         cr, cc = rng.uniform(rad + 1, size - 1 - rad, 2)
         m[disk((cr, cc), rad, shape=m.shape)] = 1
     elif kind == 'triangle':
-        rad = rng.uniform(5 * s, 12 * s)
+        rad = fit(rng.uniform(5 * s, 12 * s))
         cr, cc = rng.uniform(rad + 1, size - 1 - rad, 2)
         angles = rng.uniform(0, 2 * np.pi) + np.array([0, 2, 4]) * np.pi / 3 + rng.uniform(-0.4, 0.4, 3)
         m[polygon(cr + rad * np.sin(angles), cc + rad * np.cos(angles), m.shape)] = 1
     elif kind == 'ellipse':
-        a = rng.uniform(5 * s, 12 * s)
+        a = fit(rng.uniform(5 * s, 12 * s))
         b = rng.uniform(2.5 * s, min(a, 8 * s))
         cr, cc = rng.uniform(a + 1, size - 1 - a, 2)
         m[ellipse(cr, cc, a, b, shape=m.shape, rotation=rng.uniform(-np.pi, np.pi))] = 1
     else: raise ValueError(f'unknown shape {kind!r}; one of {SHAPES}')
     return m
 
-def make_shapes_split(n: int, noise: float = 0.5, size: int = 32, seed: int = 0, split: int = 0):
-    "`(images, masks, kinds)` of `n` noisy shapes; `kinds` indexes `SHAPES`."
+def _per_image(rng: np.random.Generator, value, n: int) -> np.ndarray:
+    "`value` for each of `n` images: a number as it is, a `(low, high)` pair drawn uniformly per image."
+    if np.ndim(value) == 0: return np.full(n, float(value))
+    low, high = value
+    return rng.uniform(low, high, n)
+
+def make_shapes_split(n: int, noise=0.5, size: int = 32, seed: int = 0, split: int = 0, n_shapes=1, scale=1.0,
+                      polarity: str = 'bright', background=0.0, contrast=1.0):
+    """`(images, masks, kinds)` of `n` noisy shapes; `kinds` indexes `SHAPES` (the first shape of each image).
+    `noise`, `scale`, `background` and `contrast` are numbers or `(low, high)` ranges drawn per image; `n_shapes` an
+    int or an inclusive `(low, high)` range of shapes per image (the mask is their union); `polarity` is `'bright'`
+    (shapes brighter than the background), `'dark'` or `'both'` (drawn per image)."""
+    if polarity not in ('bright', 'dark', 'both'): raise CapsegError(f"polarity must be bright, dark or both, not {polarity!r}")
     rng = np.random.default_rng([seed, split])
+    vary = np.random.default_rng([seed, split, 1])    # everything beyond the seed's distribution: rng stays as it was
     kinds = np.arange(n) % len(SHAPES)
     rng.shuffle(kinds)
-    masks = np.stack([draw_shape(SHAPES[k], rng, size) for k in kinds])
-    images = masks + rng.normal(0.0, noise, masks.shape)
+    scales = _per_image(vary, scale, n)
+    masks = np.stack([draw_shape(SHAPES[k], rng, size, s) for k, s in zip(kinds, scales)])
+    extra = vary.integers(n_shapes[0], n_shapes[1] + 1, n) if np.ndim(n_shapes) else np.full(n, n_shapes)
+    for i in np.flatnonzero(extra > 1):
+        for _ in range(extra[i] - 1): masks[i] |= draw_shape(SHAPES[vary.integers(len(SHAPES))], vary, size, scales[i])
+    sign = {'bright': np.ones(n), 'dark': -np.ones(n), 'both': vary.choice([-1.0, 1.0], n)}[polarity]
+    bg = _per_image(vary, background, n)
+    fg = bg + sign * _per_image(vary, contrast, n)
+    clean = np.where(masks > 0, fg[:, None, None], bg[:, None, None])
+    sigma = _per_image(vary, noise, n)[:, None, None] if np.ndim(noise) else noise
+    images = clean + rng.normal(0.0, 1.0, masks.shape) * sigma
     return images.astype(np.float32), masks, kinds
 
-def make_shapes(n_train: int = 1000, n_test: int = 1000, noise: float = 0.5, size: int = 32, seed: int = 0) -> SegData:
-    "The noisy-shapes data set (the seed's distribution): `n_train` + `n_test` images, Gaussian noise of std `noise`."
-    if noise < 0 or not np.isfinite(noise): raise CapsegError(f'--noise must be a finite number ≥ 0, not {noise}')
-    if size % SIZE_MULTIPLE or size < 16: raise CapsegError(f'size must be a multiple of {SIZE_MULTIPLE}, ≥ 16')
-    xtr, mtr, _ = make_shapes_split(n_train, noise, size, seed, 0)
-    xte, mte, _ = make_shapes_split(n_test, noise, size, seed, 1)
-    return SegData(xtr, mtr, xte, mte, source=f'shapes(noise={noise:g}, seed={seed})')
+def make_shapes(n_train: int = 1000, n_test: int = 1000, noise=0.5, size: int = 32, seed: int = 0, **variety) -> SegData:
+    """The noisy-shapes data set: `n_train` + `n_test` images of `size`×`size`, Gaussian noise of std `noise` (a number
+    or a per-image `(low, high)` range). Without `variety` it is the seed's distribution (one bright shape of value 1
+    on 0); `variety` takes `make_shapes_split`'s `n_shapes`, `scale`, `polarity`, `background` and `contrast`."""
+    for v in np.ravel(noise):
+        if not (np.isfinite(v) and v >= 0): raise CapsegError(f'--noise must be a finite number ≥ 0, not {v}')
+    if size < 16: raise CapsegError(f'size must be at least 16, not {size}')
+    xtr, mtr, _ = make_shapes_split(n_train, noise, size, seed, 0, **variety)
+    xte, mte, _ = make_shapes_split(n_test, noise, size, seed, 1, **variety)
+    extra = ''.join(f', {k}={v}' for k, v in variety.items()) + (f', size={size}' if size != 32 else '')
+    return SegData(xtr, mtr, xte, mte, source=f'shapes(noise={noise}, seed={seed}{extra})')

@@ -22,15 +22,15 @@ from torchvision.transforms import v2
 
 from .core import (CapsegError, History, atomic_torch_save, get_device, load_json, progress, save_json,
                          seed_everything)
-from .data import SIZE_MULTIPLE, SegData, load_seg_npz, make_shapes
+from .data import SegData, load_seg_npz, make_shapes
 from .plot import image_grid, plot_curves
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'ARCHS', 'NETS', 'IMAGE_SUFFIXES', 'BENCH_METHODS', 'chan_vese_loss', 'iou_per_image', 'flip_ious',
-           'batch_flip', 'flip_invariant_iou', 'RandomRot90', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'SeedNet',
-           'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'images_per_second',
-           'blur_otsu', 'baseline_scores', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate',
-           'read_grey', 'predict', 'bench_table']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'IMAGE_SUFFIXES', 'BENCH_METHODS', 'chan_vese_loss', 'iou_per_image',
+           'flip_ious', 'batch_flip', 'flip_invariant_iou', 'RandomRot90', 'seg_transforms', 'SegDataset',
+           'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize',
+           'infer', 'score', 'images_per_second', 'blur_otsu', 'baseline_scores', 'cpu_threads', 'model_record',
+           'train', 'load_model', 'evaluate', 'read_grey', 'predict', 'bench_table']
 
 # %% ../nbs/02_segment.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -76,18 +76,24 @@ def flip_invariant_iou(p: torch.Tensor, mask: torch.Tensor, per_image: bool = Fa
 
 # %% ../nbs/02_segment.ipynb #7052ca59
 class RandomRot90(v2.Transform):
-    "Rotate by a random multiple of 90° (the same for every input of one call)."
-    def make_params(self, flat_inputs): return dict(k=int(torch.randint(4, ())))
+    "Rotate by a random multiple of 90° (the same for every input of one call); by 0° or 180° if not square."
+    def make_params(self, flat_inputs):
+        h, w = v2.query_size(flat_inputs)
+        return dict(k=int(torch.randint(4, ())) if h == w else 2 * int(torch.randint(2, ())))
     def transform(self, inpt, params):
         if params['k'] == 0: return inpt
         out = torch.rot90(inpt, params['k'], (-2, -1))
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
-def seg_transforms(kind: str | None):
-    "The paired training augmentation `kind`: `'seed'`, `'dihedral'` or None."
+AUGMENTATIONS = ('dihedral', 'seed', 'none')
+
+def seg_transforms(kind: str | None, size: tuple[int, int] = (32, 32)):
+    "The paired training augmentation `kind` (one of `AUGMENTATIONS`, or None) for images of `size` (H, W)."
     if kind is None or kind == 'none': return None
     if kind == 'seed':
-        return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(30)])
+        return v2.RandomChoice([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(30),
+                                v2.RandomResizedCrop(size, antialias=True),
+                                v2.RandomAffine(0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10)])
     if kind == 'dihedral': return v2.Compose([v2.RandomHorizontalFlip(), RandomRot90()])
     raise ValueError(f'unknown augmentation {kind!r}')
 
@@ -103,30 +109,50 @@ class SegDataset(Dataset):
         return self.transform(*pair) if self.transform else pair
 
 # %% ../nbs/02_segment.ipynb #40365427
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    "3×3 conv (no bias) + BatchNorm + ReLU."
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Sequential:
+    "3×3 conv + BatchNorm + ReLU."
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=bias), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 def _up() -> nn.Upsample: return nn.Upsample(scale_factor=2, mode='bilinear', align_corners=False)
 
-class SeedNet(nn.Module):
-    "The seed's conv auto-encoder: 3 stride-2 conv+BN+ReLU (64/128/256), 3 bilinear-upsample+conv, sigmoid."
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    "Pad the last two dims of `x` at the bottom and right, by reflection, to multiples of `multiple`."
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not (ph or pw): return x
+    return F.pad(x, (0, pw, 0, ph), mode='reflect' if ph < h and pw < w else 'replicate')
+
+class _PaddedNet(nn.Module):
+    "An encoder–decoder that takes images of any size: padded to its `multiple` on the way in, cropped on the way out."
+    multiple = 1
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return torch.sigmoid(self.decoder(self.encoder(pad_to_multiple(x, self.multiple))))[..., :h, :w]
+
+class SeedNet(_PaddedNet):
+    "The seed's conv auto-encoder: 3 stride-2 conv+BN+ReLU (64/128/256), 3 bilinear-upsample+conv, sigmoid; its init."
+    multiple = 8
     def __init__(self, widths: tuple[int, ...] = (64, 128, 256)):
         super().__init__()
         c1, c2, c3 = widths
-        self.encoder = nn.Sequential(conv_bn_relu(1, c1, 2), conv_bn_relu(c1, c2, 2), conv_bn_relu(c2, c3, 2))
-        self.decoder = nn.Sequential(_up(), conv_bn_relu(c3, c2), _up(), conv_bn_relu(c2, c1),
+        self.encoder = nn.Sequential(conv_bn_relu(1, c1, 2, True), conv_bn_relu(c1, c2, 2, True),
+                                     conv_bn_relu(c2, c3, 2, True))
+        self.decoder = nn.Sequential(_up(), conv_bn_relu(c3, c2, bias=True), _up(), conv_bn_relu(c2, c1, bias=True),
                                      _up(), nn.Conv2d(c1, 1, 3, padding=1))
-    def forward(self, x): return torch.sigmoid(self.decoder(self.encoder(x)))
+        for m in self.modules():       # the seed's initialisation
+            if isinstance(m, nn.Conv2d): nn.init.xavier_uniform_(m.weight); nn.init.constant_(m.bias, 1.0)
+            elif isinstance(m, nn.BatchNorm2d): nn.init.constant_(m.weight, 1.0); nn.init.constant_(m.bias, 1.0)
 
-class CVNet(nn.Module):
-    "capseg's default: full-res conv, two stride-2 convs to an 8×8 bottleneck, two bilinear-upsample+convs, sigmoid."
+class CVNet(_PaddedNet):
+    """capseg's network: a full-resolution conv, then `len(widths) - 1` stride-2 convs down to a bottleneck of
+    1/2^(len(widths) - 1) of the image side, as many bilinear ×2 upsampling + convs back up, sigmoid."""
     def __init__(self, widths: tuple[int, ...] = (8, 16, 32)):
         super().__init__()
-        c0, c1, c2 = widths
-        self.encoder = nn.Sequential(conv_bn_relu(1, c0), conv_bn_relu(c0, c1, 2), conv_bn_relu(c1, c2, 2))
-        self.decoder = nn.Sequential(_up(), conv_bn_relu(c2, c0), _up(), nn.Conv2d(c0, 1, 3, padding=1))
-    def forward(self, x): return torch.sigmoid(self.decoder(self.encoder(x)))
+        c = tuple(widths)
+        self.multiple = 2 ** (len(c) - 1)
+        self.encoder = nn.Sequential(conv_bn_relu(1, c[0]), *[conv_bn_relu(c[i], c[i + 1], 2) for i in range(len(c) - 1)])
+        up = [[_up(), conv_bn_relu(c[i], c[i - 1])] for i in range(len(c) - 1, 1, -1)]
+        self.decoder = nn.Sequential(*sum(up, []), _up(), nn.Conv2d(c[1], 1, 3, padding=1))
 
 # %% ../nbs/02_segment.ipynb #450ec258
 @dataclass
@@ -489,9 +515,7 @@ def _predict(net, rec, items, out, batch_size: int = 256):
         j = i
         while j < len(items) and j - i < batch_size and items[j][1].shape == (h, w): j += 1
         x = normalize(np.stack([im for _, im in items[i:j]]), rec['norm'])
-        ph, pw = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE      # pad to the network's multiple, crop back after
-        if ph or pw: x = F.pad(x, (0, pw, 0, ph), mode='replicate')
-        p = infer(net, x)[:, 0, :h, :w]
+        p = infer(net, x)[:, 0]                             # any size: the network pads and crops itself
         fg = (p < 0.5) if rec.get('flip') else (p > 0.5)
         for (name, _), f in zip(items[i:j], fg):
             r = dict(name=name, foreground_fraction=round(float(f.float().mean()), 6), height=h, width=w, path=None)
