@@ -184,7 +184,9 @@ def headline(m: dict) -> tuple[str, str]:
     if 'test_iou' in m:
         iou, base = _num(m['test_iou'], '.1f', ' %'), _num(m.get('baseline_test_iou'), '.1f', ' %')
         return (f'test IoU {iou}' if iou else ''), (f'blur + Otsu {base}' if base else '')
-    scores = (f'{name} {m[k]:.3f}' for k, name in CAPTION_SCORES.items() if _num(m.get(k), 'g'))
+    scores = [f'{name} {m[k]:.3f}' for k, name in CAPTION_SCORES.items() if _num(m.get(k), 'g')]
+    if _num(m.get('attribute_accuracy'), 'g'):                # captioned shapes: colour and shape named right
+        scores.append(f"attributes {100 * m['attribute_accuracy']:.1f} %")
     return ' · '.join(scores), ''
 
 def _selection(sel) -> str:
@@ -210,8 +212,6 @@ def summary(metrics: dict, out=None, title: str | None = None) -> str:
     if baseline and _num(m.get('test_iou'), 'g') and _num(m.get('baseline_test_iou'), 'g'):
         baseline += f" ({m['test_iou'] - m['baseline_test_iou']:+.1f} points)"
     rows['result'] = _join([result, baseline and f'baseline {baseline}'], '   ')
-    if _num(m.get('attribute_accuracy'), 'g'):
-        rows['attributes'] = f"{100 * m['attribute_accuracy']:.1f} % of the objects' colour and shape named"
     how = _selection(m.get('selection'))
     alpha = _num(m.get('alpha'), '.3g') and _join([f"alpha {m['alpha']:.3g}", how and f'({how})'], ' ')
     rows['recipe'] = _join([f"arch {m['arch']}" if m.get('arch') else f"model {m['model']}" if m.get('model') else '',

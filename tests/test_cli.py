@@ -71,7 +71,7 @@ def test_summary_reads_what_is_there(tmp_path):
     cap = summary({'bleu4': 0.2512, 'cider': 0.61, 'meteor': 0.2, 'rouge_l': None, 'world_size': 2, 'best_epoch': 3,
                    'n_images': 1000, 'attribute_accuracy': 0.998})
     assert 'BLEU-4 0.251 · CIDEr 0.610 · METEOR 0.200' in cap and 'ROUGE-L' not in cap
-    assert '2 processes' in cap and 'best epoch 3' in cap and '99.8 %' in cap and '1000 test images' in cap
+    assert '2 processes' in cap and 'best epoch 3' in cap and '1000 test images' in cap and 'attributes 99.8 %' in cap
     for odd in ({'test_iou': None}, {'test_iou': 'n/a', 'baseline_test_iou': 80}, {'selection': 3, 'alpha': 'auto'},
                 {'world_size': '2', 'epochs': None, 'skipped_images': 0}):
         summary(odd, tmp_path, 'title')
