@@ -117,8 +117,7 @@ def _culprit(e: BaseException) -> str | None:
     return found
 
 def import_error_message(e: BaseException, what: str) -> str | None:
-    """One line naming the package behind the failed import `e` and the `pip install` that fixes it (None when the
-    failure is capseg's own code)."""
+    "One line naming the package behind a failed import and the `pip install` that fixes it (None: capseg's own fault)."
     why = lambda err: f'{type(err).__name__}: {str(err).splitlines()[0]}' if str(err) else type(err).__name__
     for err in (e, _root_cause(e)):
         if isinstance(err, ModuleNotFoundError) and err.name:
