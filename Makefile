@@ -41,7 +41,8 @@ bench: install
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/caption.py
 
-# nbdev-docs needs Quarto; where it is missing (this offline machine) render nbdev's processed notebooks with nbconvert.
+# nbdev-docs needs Quarto; where it is missing (this offline machine) render nbdev's processed notebooks with nbconvert
+# (tools/render_docs.py: math as MathML, a sidebar, client-side search; nothing fetched when the pages are opened).
 docs: install
 	@if command -v quarto >/dev/null; then $(BIN)/nbdev-docs; \
 	else rm -rf _proc _docs && $(BIN)/nbdev-proc-nbs >/dev/null && $(BIN)/python tools/render_docs.py; fi

@@ -13,7 +13,7 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 from .core import CapsegError, save_json
 
 # %% auto #0
-__all__ = ['build_parser', 'demo', 'run', 'summary', 'main']
+__all__ = ['CAPTION_SCORES', 'build_parser', 'import_error_message', 'demo', 'run', 'headline', 'summary', 'demo_table', 'main']
 
 # %% ../nbs/07_cli.ipynb #e5f99918
 def _json_flag(p):
@@ -84,11 +84,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/07_cli.ipynb #04d35e8c
 _FUNCS = {'train': 'train', 'eval': 'evaluate', 'predict': 'predict'}
+# import name → the name pip installs it by, where they differ
+_PIP_NAMES = {'skimage': 'scikit-image', 'PIL': 'pillow', 'yaml': 'pyyaml', 'sklearn': 'scikit-learn',
+              'cv2': 'opencv-python'}
+
+def _requirement(package: str) -> str:
+    "capseg's own requirement for `package` (e.g. `scikit-image>=0.22`), else just its name."
+    from importlib.metadata import PackageNotFoundError, requires
+    norm = lambda s: s.lower().replace('_', '-')
+    try: reqs = requires('capseg') or []
+    except PackageNotFoundError: reqs = []
+    for r in reqs:
+        spec = name = r.split(';')[0].replace(' ', '')
+        for sep in '[<>=!~': name = name.split(sep)[0]
+        if norm(name) == norm(package): return spec
+    return package
+
+def _root_cause(e: BaseException) -> BaseException:
+    "The first exception of a chain (transformers, for one, re-raises a failed import as its own error)."
+    while True:
+        nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if nxt is None: return e
+        e = nxt
+
+def _culprit(e: BaseException) -> str | None:
+    "The package whose import failed: the innermost module outside capseg that was being imported when `e` was raised."
+    found, tb = None, e.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get('__name__', '').split('.')[0]
+        if tb.tb_frame.f_code.co_name == '<module>' and name not in ('capseg', '__main__'): found = name
+        tb = tb.tb_next
+    return found
+
+def import_error_message(e: BaseException, what: str) -> str | None:
+    "One line naming the package behind a failed import and the `pip install` that fixes it (None: capseg's own fault)."
+    why = lambda err: f'{type(err).__name__}: {str(err).splitlines()[0]}' if str(err) else type(err).__name__
+    for err in (e, _root_cause(e)):
+        if isinstance(err, ModuleNotFoundError) and err.name:
+            name = err.name.split('.')[0]
+            if name == 'capseg': return None
+            package = _PIP_NAMES.get(name, name)
+            return (f"{what} needs the Python package {package} ({why(err)}); "
+                    f"install it with: pip install '{_requirement(package)}'")
+    err = _root_cause(e)
+    name = _culprit(err) or _culprit(e)
+    if name is None: return None
+    hint = " (torchvision's version must match torch's)" if name in ('torch', 'torchvision') else ''
+    return (f"{what} could not import {name} ({why(err)}): a broken or mismatched install{hint}; "
+            f"reinstall it with: pip install --force-reinstall '{_requirement(_PIP_NAMES.get(name, name))}'")
 
 def _call(module: str, func: str, **kwargs):
-    try: fn = getattr(importlib.import_module(f'capseg.{module}'), func)
-    except (ImportError, AttributeError): raise CapsegError(f'capseg {module} {func} is not available yet')
-    return fn(**kwargs)
+    "Run `capseg.<module>.<func>(**kwargs)`; a dependency that is missing or broken becomes a one-line `CapsegError`."
+    what = f'capseg {module}'
+    try: mod = importlib.import_module(f'capseg.{module}')
+    except Exception as e:                    # a broken package may raise more than ImportError (RuntimeError, ...)
+        message = import_error_message(e, what)
+        if message is None: raise
+        raise CapsegError(message) from e
+    try: return getattr(mod, func)(**kwargs)
+    except ModuleNotFoundError as e:          # an optional package imported on first use
+        message = import_error_message(e, what)
+        if message is None: raise
+        raise CapsegError(message) from e
 
 # %% ../nbs/07_cli.ipynb #e2a5f068
 def demo(out: Path = Path('runs/demo')) -> dict:
@@ -111,23 +168,104 @@ def run(argv: list[str] | None = None):
     return _call(command, _FUNCS[action], **args)
 
 # %% ../nbs/07_cli.ipynb #8d16d3c3
-def summary(result: dict) -> str:
-    "A few lines for a person: the run's scalar results (the history and nested records stay in metrics.json)."
-    return '\n'.join(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}' for k, v in result.items()
-                     if isinstance(v, (int, float, str)) or v is None)
+def _num(v, spec: str, unit: str = '') -> str:
+    "`v` formatted with `spec`, or '' when it is not a number (a key this run did not write)."
+    return f'{v:{spec}}{unit}' if isinstance(v, (int, float)) and not isinstance(v, bool) else ''
 
-def _print(result, as_json: bool = False):
+def _join(parts, sep: str = ', ') -> str: return sep.join(p for p in parts if p)
+
+def _count(v, one: str, many: str) -> str: return f'{v} {one if v == 1 else many}' if _num(v, 'd') else ''
+
+CAPTION_SCORES = {'bleu4': 'BLEU-4', 'cider': 'CIDEr', 'meteor': 'METEOR', 'rouge_l': 'ROUGE-L'}
+
+def headline(m: dict) -> tuple[str, str]:
+    "(the result a person looks for, the baseline beside it) in a run's metrics; '' for what the run did not write."
+    if 'test_iou' in m:
+        iou, base = _num(m['test_iou'], '.1f', ' %'), _num(m.get('baseline_test_iou'), '.1f', ' %')
+        return (f'test IoU {iou}' if iou else ''), (f'blur + Otsu {base}' if base else '')
+    scores = [f'{name} {m[k]:.3f}' for k, name in CAPTION_SCORES.items() if _num(m.get(k), 'g')]
+    if _num(m.get('attribute_accuracy'), 'g'):                # captioned shapes: colour and shape named right
+        scores.append(f"attributes {100 * m['attribute_accuracy']:.1f} %")
+    return ' · '.join(scores), ''
+
+def _selection(sel) -> str:
+    "How a setting was chosen, from a `selection` record: a string, or a dict with a method, rule or reason."
+    if isinstance(sel, str): return sel
+    keys = ('method', 'rule', 'how', 'reason', 'by')
+    return next((sel[k] for k in keys if isinstance(sel.get(k), str)), '') if isinstance(sel, dict) else ''
+
+def _figures(folder) -> list[str]:
+    return sorted(str(p) for p in Path(folder).glob('*.png')) if folder is not None and Path(folder).is_dir() else []
+
+def summary(metrics: dict, out=None, title: str | None = None) -> str:
+    """A few lines for a person: what the run used, the headline metrics beside the baseline, the time, and where the
+    figures and `metrics.json` are (in folder `out`). Keys the run did not write are left out; the history stays in
+    metrics.json."""
+    m, rows = metrics, {}
+    if 'n_train' in m or 'n_test' in m:                       # segmentation
+        counts = _join([_num(m.get('n_train'), 'd', ' train'), _num(m.get('n_test'), 'd', ' test')], ' + ')
+        rows['data'] = _join([str(m.get('data') or ''), counts and f'{counts} images'], ': ')
+    else: rows['data'] = _join([_num(m.get('n_images'), 'd', f" {m.get('split', 'test')} images captioned"),
+                                _num(m.get('skipped_images') or None, 'd', ' unreadable ones skipped')])
+    result, baseline = headline(m)
+    if baseline and _num(m.get('test_iou'), 'g') and _num(m.get('baseline_test_iou'), 'g'):
+        baseline += f" ({m['test_iou'] - m['baseline_test_iou']:+.1f} points)"
+    rows['result'] = _join([result, baseline and f'baseline {baseline}'], '   ')
+    how = _selection(m.get('selection'))
+    alpha = _num(m.get('alpha'), '.3g') and _join([f"alpha {m['alpha']:.3g}", how and f'({how})'], ' ')
+    rows['recipe'] = _join([f"arch {m['arch']}" if m.get('arch') else f"model {m['model']}" if m.get('model') else '',
+                            _count(m.get('epochs'), 'epoch', 'epochs'),
+                            _num(m.get('best_epoch'), 'd') and f"best epoch {m['best_epoch']}", alpha])
+    procs = m.get('world_size')
+    rows['time'] = _join([_num(m.get('train_seconds'), '.1f', ' s training'),
+                          _num(m.get('eval_seconds'), '.1f', ' s captioning'),
+                          _num(m.get('inference_images_per_s'), ',.0f', ' images/s inference'),
+                          _count(procs, 'process', 'processes') if _num(procs, 'd') and procs > 1 else '',
+                          f"on {m['device']}" if isinstance(m.get('device'), str) else ''])
+    rows['figures'] = ', '.join(_figures(out))
+    for label, name in (('samples', 'samples.json'), ('metrics', 'metrics.json')):
+        if out is not None and (Path(out)/name).is_file(): rows[label] = str(Path(out)/name)
+    if out is not None and any((Path(out)/f).exists() for f in ('model.pt', 'checkpoint', 'best')):   # a trained model
+        rows['next'] = f"capseg {'segment' if 'test_iou' in m else 'caption'} predict --model {out} IMAGE ..."
+    return '\n'.join(([title] if title else []) + [f'  {k:<10} {v}' for k, v in rows.items() if v])
+
+def demo_table(metrics: dict, out) -> str:
+    "`capseg demo`'s two jobs side by side (folder `out`): result, baseline, training time and where the pictures are."
+    rows = [('job', 'result', 'baseline', 'training', 'pictures')]
+    for job, m in metrics.items():
+        pictures = ' '.join(Path(p).name for p in _figures(Path(out)/job))
+        rows.append((job, *[h or '—' for h in headline(m)], _num(m.get('train_seconds'), '.0f', ' s'),
+                     f'{Path(out)/job}/: {pictures}' if pictures else '—'))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = ['  ' + '  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return '\n'.join(['capseg demo: both jobs on their embedded data'] + table
+                     + [f"  metrics: {Path(out)/'metrics.json'} (and each job's own metrics.json in its folder)"])
+
+def _title(args: argparse.Namespace) -> str:
+    "What ran on what, from the command line: 'capseg segment train on the noisy shapes (noise σ 0.5)'."
+    a = vars(args)
+    if a.get('shapes'):
+        source = f"the noisy shapes (noise σ {a['noise']:g})" if args.command == 'segment' else 'the captioned shapes'
+    else: source = next((f"{a[k]}{' (Flickr8k)' if k == 'flickr8k' else ''}" for k in ('data', 'flickr8k', 'karpathy')
+                         if a.get(k)), '')
+    title = f'capseg {args.command} {args.action}' + (f" of {a['model']}" if args.action == 'eval' else '')
+    return f'{title} on {source}' if source else title
+
+def _print(result, args: argparse.Namespace):
+    "Print what a command returned: metrics as JSON for `--json` (without the history), else a summary for a person."
     if isinstance(result, list):
         for r in result: print(r if isinstance(r, str) else json.dumps(r))
     elif isinstance(result, dict):
         result = {k: v for k, v in result.items() if k != 'history'}
-        print(json.dumps(result) if as_json else summary(result))
+        if getattr(args, 'json', False): print(json.dumps(result, default=str))
+        elif args.command == 'demo': print(demo_table(result, args.out))
+        else: print(summary(result, getattr(args, 'out', None) or getattr(args, 'model', None), _title(args)))
     elif result is not None: print(result)
 
 def main(argv: list[str] | None = None):
     "Entry point of the `capseg` console script."
-    as_json = getattr(build_parser().parse_args(argv), 'json', False)
-    try: _print(run(argv), as_json)
+    args = build_parser().parse_args(argv)
+    try: _print(run(argv), args)
     except CapsegError as e:
         print(f'capseg: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -1,5 +1,5 @@
-"The built docs site, opened in a real (headless) Chromium: pages, API entries and plot images."
-import shutil, subprocess, sys
+"The built docs site, opened in a real (headless) Chromium: pages, API entries, plot images, math, sidebar and search."
+import re, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT/'_docs'
 CHROMIUM, DRIVER = shutil.which('chromium'), shutil.which('chromedriver')
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium + chromium-driver not installed")
+needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium + chromium-driver not installed")
 
 # page → an API entry it must document
 MODULE_PAGES = {'core.html': 'History', 'data.html': 'load_seg_npz', 'segment.html': 'chan_vese_loss',
@@ -53,6 +53,7 @@ def broken_images(browser):
         ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))")
 
 
+@needs_browser
 def test_index(site, browser):
     b = open_page(browser, 'index.html')
     assert 'capseg' in b.title
@@ -63,6 +64,7 @@ def test_index(site, browser):
     assert not broken_images(b)
 
 
+@needs_browser
 @pytest.mark.parametrize('page,entry', MODULE_PAGES.items())
 def test_module_page(site, browser, page, entry):
     b = open_page(browser, page)
@@ -72,6 +74,7 @@ def test_module_page(site, browser, page, entry):
     assert not broken_images(b)
 
 
+@needs_browser
 def test_plots_load(site, browser):
     b = open_page(browser, 'plot.html')
     imgs = b.find_elements('tag name', 'img')
@@ -79,16 +82,80 @@ def test_plots_load(site, browser):
     assert not broken_images(b)
 
 
+@needs_browser
 @pytest.mark.parametrize('page', TUTORIALS)
 def test_tutorial_pages(site, browser, page):
     b = open_page(browser, page)
-    assert 'colab.research.google.com' in b.page_source, 'tutorials carry an Open-in-Colab badge'
+    badges = b.find_elements('css selector', 'a[href^="https://colab.research.google.com/"] img')
+    assert badges, 'tutorials carry an Open-in-Colab badge linking to Colab'
+    assert all(i.get_attribute('src').startswith('file:') for i in badges), 'the badge image is the local copy'
     local = b.execute_script("return Array.from(document.images).filter(i => /^(data|file):/.test(i.src)).length")
-    assert local >= 2 and not broken_images(b), 'tutorial figures load'
+    assert local >= 3 and not broken_images(b), 'the badge and the tutorial figures load offline'
+
+
+@needs_browser
+def test_math_rendered(site, browser):
+    "The Chan–Vese formulas are MathML the browser lays out (fractions stand taller than a line), no raw TeX."
+    b = open_page(browser, 'segment.html')
+    assert '$$' not in b.find_element('tag name', 'body').text and '$$' not in b.page_source
+    heights = b.execute_script(
+        "return Array.from(document.querySelectorAll('math[display=block]')).map(m => m.getBoundingClientRect().height)")
+    assert len(heights) >= 2 and max(heights) > 30, f'display formulas are laid out as math (taller than a line): {heights}'
+    texts = b.execute_script("return Array.from(document.querySelectorAll('math[display=block]')).map(m => m.textContent)")
+    assert any('fidelity' in t and 'regularization' in t for t in texts), 'the Chan–Vese energy is among the formulas'
+    assert len(b.find_elements('css selector', 'math[display=block] mfrac')) >= 4, 'its fractions are MathML fractions'
+    assert b.find_elements('css selector', 'p math:not([display=block])'), 'inline math ($p$) is rendered too'
+
+
+@needs_browser
+def test_sidebar(site, browser):
+    b = open_page(browser, 'tutorials/segment_npz.html')
+    side = b.find_element('css selector', 'aside.capseg-sidebar')
+    main = b.find_element('tag name', 'main')
+    assert side.is_displayed() and side.rect['x'] + side.rect['width'] <= main.rect['x'] + 1, 'the sidebar is beside the page'
+    assert [s.text.lower() for s in side.find_elements('css selector', '.nav-section')] == ['modules', 'tutorials']
+    links = {a.text: a.get_attribute('href') for a in side.find_elements('css selector', 'nav.capseg-nav > a')}
+    for page in [*MODULE_PAGES, *TUTORIALS]:
+        assert any(h.endswith('/_docs/' + page) for h in links.values()), f'{page} missing from the sidebar: {links}'
+    b = open_page(browser, 'segment.html')
+    toc = [a.text for a in b.find_elements('css selector', 'nav.capseg-nav ul.capseg-toc a')]
+    assert 'The Chan–Vese loss' in toc, f"the current page's sections are listed: {toc}"
+
+
+def search(browser, page, query):
+    "Type `query` into the search box of `page`; the result links."
+    from selenium.webdriver.support.ui import WebDriverWait
+    b = open_page(browser, page)
+    box = b.find_element('id', 'capseg-search')
+    box.clear()
+    box.send_keys(query)
+    WebDriverWait(b, 5).until(lambda d: d.find_elements('css selector', '#capseg-results li'))
+    b.save_screenshot(str(ROOT/'docs_screens'/f"search_{query}_{page.replace('/', '_').replace('.html', '.png')}"))
+    return b.find_elements('css selector', '#capseg-results a')
+
+
+@needs_browser
+@pytest.mark.parametrize('page', ['index.html', 'tutorials/caption_flickr8k.html'])
+def test_search(site, browser, page):
+    hits = search(browser, page, 'chan_vese_loss')
+    assert hits and hits[0].get_attribute('href').endswith('/_docs/segment.html#chan_vese_loss'), [h.text for h in hits]
+    hits[0].click()
+    assert browser.current_url.endswith('/_docs/segment.html#chan_vese_loss')
+    assert browser.find_element('id', 'chan_vese_loss').is_displayed()
+    assert not search(browser, 'index.html', 'qwxzv')
+    assert browser.find_element('css selector', '#capseg-results li').text == 'no match'
+
+
+def test_offline_pages(site):
+    "No raw TeX and nothing fetched from the network: every page works from disk."
+    for html in DOCS.rglob('*.html'):
+        text = html.read_text()
+        assert '$$' not in text, f'{html.name}: raw $$ left'
+        assert not re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="https?://', text), f'{html.name} loads a remote file'
+    assert (DOCS/'segment.html').read_text().count('<math') >= 3
 
 
 def test_internal_links_resolve(site):
-    import re
     for html in DOCS.rglob('*.html'):
         for href in re.findall(r'href="([^"#:]+\.html)', html.read_text()):
             assert (html.parent/href).exists(), f'{html.name} links to missing {href}'
