@@ -1,5 +1,4 @@
-"""Unsupervised segmentation with a Chan–Vese loss: networks, loss, flip-invariant IoU, paired augmentation,
-training with resume, evaluation, prediction and a blur + Otsu baseline.
+"""Unsupervised segmentation with a Chan–Vese loss: networks, loss, flip-invariant IoU, paired augmentation, training with resume, evaluation, prediction and a blur + Otsu baseline.
 
 Docs: https://capseg.github.io/capseg/segment.html.md"""
 
