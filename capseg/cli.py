@@ -19,6 +19,11 @@ __all__ = ['CAPTION_SCORES', 'build_parser', 'import_error_message', 'demo', 'ru
 def _json_flag(p):
     p.add_argument('--json', action='store_true', help='print the metrics as JSON (without the history) instead of a summary')
 
+def _alpha(s: str):
+    if s == 'auto': return s
+    try: return float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"must be 'auto' or a number, not {s!r}") from None
+
 def _segment_parser(sub):
     seg = sub.add_parser('segment', help='unsupervised Chan-Vese segmentation').add_subparsers(dest='action', required=True)
     p = seg.add_parser('train', help='train a segmentation network without masks')
@@ -27,8 +32,13 @@ def _segment_parser(sub):
     src.add_argument('--shapes', action='store_true', help='generate the noisy-shapes data set (the embedded default)')
     p.add_argument('--noise', type=float, default=0.5, help='noise std of --shapes (default 0.5)')
     p.add_argument('--out', type=Path, required=True, help='output folder')
-    p.add_argument('--epochs', type=int, help='epochs (default: the architecture\'s own)')
+    p.add_argument('--epochs', type=int, help="epochs (default: the architecture's own; for the default, the most it "
+                                                 'trains before the held-out risk stops improving)')
     p.add_argument('--arch', choices=['default', 'seed'], default='default', help='network and optimiser recipe')
+    p.add_argument('--alpha', type=_alpha, help="TV weight α, or 'auto' (the default's own: from the images' noise level)")
+    p.add_argument('--lr', type=float, help="learning rate (default: the architecture's own)")
+    p.add_argument('--batch-size', type=int, help="images per batch (default: the architecture's own)")
+    p.add_argument('--augment', choices=['dihedral', 'seed', 'none'], help="paired augmentation (default: the architecture's own)")
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
     _json_flag(p)

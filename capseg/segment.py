@@ -25,15 +25,23 @@ from .data import SegData, load_seg_npz, make_shapes
 from .plot import image_grid, plot_curves
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'IMAGE_SUFFIXES', 'BENCH_METHODS', 'chan_vese_loss', 'iou_per_image',
-           'flip_ious', 'batch_flip', 'flip_invariant_iou', 'RandomRot90', 'seg_transforms', 'SegDataset',
-           'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize',
-           'infer', 'score', 'images_per_second', 'blur_otsu', 'baseline_scores', 'cpu_threads', 'model_record',
-           'train', 'load_model', 'evaluate', 'read_grey', 'predict', 'bench_table']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'IMAGE_SUFFIXES', 'BENCH_METHODS', 'region_means', 'chan_vese_loss',
+           'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou', 'RandomRot90', 'seg_transforms',
+           'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer',
+           'normalize', 'infer', 'score', 'images_per_second', 'blur_otsu', 'baseline_scores', 'noise_sigma',
+           'piecewise_constant', 'sure_risk', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate',
+           'read_grey', 'predict', 'bench_table']
 
 # %% ../nbs/02_segment.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
     return t[:, None] if t.ndim == 3 else t
+
+def region_means(image: torch.Tensor, p: torch.Tensor, eps: float = 1e-8):
+    "Per-image mean intensity inside (`a`, weighted by `p`) and outside (`b`, by `1 − p`), each N×1×1×1."
+    dims = (1, 2, 3)
+    a = (image * p).sum(dims, keepdim=True) / (p.sum(dims, keepdim=True) + eps)
+    b = (image * (1 - p)).sum(dims, keepdim=True) / ((1 - p).sum(dims, keepdim=True) + eps)
+    return a, b
 
 def chan_vese_loss(image: torch.Tensor, p: torch.Tensor, alpha: float, eps: float = 1e-8):
     """Chan–Vese energy of `p` (N×1×H×W or N×H×W, in [0, 1]) for `image` (same shape).
@@ -42,8 +50,7 @@ def chan_vese_loss(image: torch.Tensor, p: torch.Tensor, alpha: float, eps: floa
     image, p = _nchw(image), _nchw(p)
     if image.shape != p.shape: raise ValueError(f'image {tuple(image.shape)} and p {tuple(p.shape)} differ in shape')
     dims = (1, 2, 3)
-    a = (image * p).sum(dims, keepdim=True) / (p.sum(dims, keepdim=True) + eps)
-    b = (image * (1 - p)).sum(dims, keepdim=True) / ((1 - p).sum(dims, keepdim=True) + eps)
+    a, b = region_means(image, p, eps)
     fidelity = (p * (image - a) ** 2 + (1 - p) * (image - b) ** 2).mean(dims)
     dx = F.pad(p[..., :, 1:] - p[..., :, :-1], (0, 1))        # zero difference at the last column
     dy = F.pad(p[..., 1:, :] - p[..., :-1, :], (0, 0, 0, 1))  # and at the last row
@@ -143,39 +150,53 @@ class SeedNet(_PaddedNet):
             elif isinstance(m, nn.BatchNorm2d): nn.init.constant_(m.weight, 1.0); nn.init.constant_(m.bias, 1.0)
 
 class CVNet(_PaddedNet):
-    """capseg's network: a full-resolution conv, then `len(widths) - 1` stride-2 convs down to a bottleneck of
-    1/2^(len(widths) - 1) of the image side, as many bilinear ×2 upsampling + convs back up, sigmoid."""
+    """capseg's network: a full-resolution conv with `widths[0]` channels, then a stride-2 conv per further entry
+    (a bottleneck of 1/2^(len(widths) - 1) of the image side), and back up by bilinear ×2 upsampling + conv with
+    half the encoder's channels at each level, sigmoid. No skip connections."""
     def __init__(self, widths: tuple[int, ...] = (8, 16, 32)):
         super().__init__()
         c = tuple(widths)
         self.multiple = 2 ** (len(c) - 1)
         self.encoder = nn.Sequential(conv_bn_relu(1, c[0]), *[conv_bn_relu(c[i], c[i + 1], 2) for i in range(len(c) - 1)])
-        up = [[_up(), conv_bn_relu(c[i], c[i - 1])] for i in range(len(c) - 1, 1, -1)]
-        self.decoder = nn.Sequential(*sum(up, []), _up(), nn.Conv2d(c[1], 1, 3, padding=1))
+        up, cin = [], c[-1]
+        for i in range(len(c) - 2, 0, -1):                   # up to level i: half of the encoder's channels there
+            up += [_up(), conv_bn_relu(cin, c[i] // 2)]
+            cin = c[i] // 2
+        self.decoder = nn.Sequential(*up, _up(), nn.Conv2d(cin, 1, 3, padding=1))
 
 # %% ../nbs/02_segment.ipynb #450ec258
 @dataclass
 class Recipe:
     "Everything that defines a training run apart from the data and the seed."
     net: str                          # 'SeedNet' or 'CVNet'
-    widths: tuple[int, ...]
+    widths: tuple[int, ...]           # channels per level (CVNet: each entry after the first halves the resolution)
     optimizer: str                    # 'sgd' or 'adamw'
     lr: float
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str | None = None       # None (constant lr) or 'onecycle'
-    alpha: float = 1e-3
+    alpha: float | str = 1e-3         # TV weight, or 'auto': kappa × the training images' noise variance
+    kappa: float = 1.0
+    alpha_ramp: float = 0.0           # share of the steps over which alpha rises from 0 to its value
     batch_size: int = 32
-    epochs: int = 275
-    augment: str | None = 'seed'
+    epochs: int = 275                 # with `steps` or `patience`: at most this many
+    steps: int = 0                    # train for about this many optimiser steps, whatever the data's size (0: `epochs`)
+    augment: str | None = 'seed'      # one of AUGMENTATIONS
     normalize: bool = False
     threads: int | None = None        # CPU threads for torch (None: torch's default, one per core)
+    holdout: float = 0.0              # share of the training images held out to estimate the risk (0: none)
+    candidates: tuple[tuple[int, ...], ...] = ()   # `widths` screened by held-out risk (those whose bottleneck
+                                                   # keeps ≥ 4 px); () = `widths` only
+    screen: float = 0.25              # share of the epochs after which the screening keeps the best candidate
+    patience: int = 0                 # stop after this many epochs without a lower held-out risk (0: never)
 
 ARCHS = {
     'seed': Recipe('SeedNet', (64, 128, 256), 'sgd', lr=0.1, momentum=0.9, weight_decay=1e-3, alpha=1e-3,
                    batch_size=32, epochs=275, augment='seed', normalize=False),
-    'default': Recipe('CVNet', (8, 16, 32), 'adamw', lr=1e-2, weight_decay=1e-4, schedule='onecycle', alpha=0.05,
-                      batch_size=64, epochs=25, augment='dihedral', normalize=True, threads=1),
+    'default': Recipe('CVNet', (8, 16, 32), 'adamw', lr=1e-2, weight_decay=1e-4, schedule='onecycle', alpha='auto',
+                      kappa=1.0, alpha_ramp=0.15, batch_size=64, epochs=300, steps=420, augment='dihedral',
+                      normalize=True, threads=1, holdout=0.1, screen=0.25, patience=8,
+                      candidates=((8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 64))),
 }
 NETS = {'SeedNet': SeedNet, 'CVNet': CVNet}
 
@@ -253,6 +274,39 @@ def baseline_scores(images, masks, sigma: float = 1.5) -> dict:
     return dict(iou=s['iou_batch_level'], iou_per_image=s['iou_per_image'], seconds=seconds,
                 images_per_s=len(pred) / seconds, sigma=sigma)
 
+# %% ../nbs/02_segment.ipynb #6ac8a250
+def noise_sigma(images) -> np.ndarray:
+    """Per-image standard deviation of additive white noise in `images` (N×H×W or H×W; N values out), from the median
+    absolute deviation of the finest diagonal Haar wavelet coefficients, which constant regions and straight edges
+    leave at zero."""
+    x = np.asarray(images, dtype=np.float64)
+    x = x.reshape(-1, *x.shape[-2:])
+    d = ((x[:, :-1, :-1] - x[:, 1:, :-1] - x[:, :-1, 1:] + x[:, 1:, 1:]) / 2).reshape(len(x), -1)
+    return np.median(np.abs(d - np.median(d, 1, keepdims=True)), 1) / 0.6745
+
+def piecewise_constant(image: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    "The two-region reconstruction `p·a + (1 − p)·b` of `image`, with `a`, `b` its region means (as in the loss)."
+    image, p = _nchw(image), _nchw(p)
+    a, b = region_means(image, p)
+    return p * a + (1 - p) * b
+
+@torch.no_grad()
+def sure_risk(model: nn.Module, x: torch.Tensor, sigma: float, probes: int = 2, seed: int = 0) -> float:
+    """Stein's unbiased estimate of the per-pixel mean squared error between the model's piecewise-constant
+    reconstruction of images `x` (N×1×H×W, the network's units) and the noise-free images, for white Gaussian noise
+    of std `sigma` (same units). The divergence is estimated with `probes` seeded random probes."""
+    was_training = model.training
+    model.eval()
+    x = x.to(next(model.parameters()).device)
+    recon = lambda y: piecewise_constant(y, model(y))
+    c = recon(x)
+    g, eps, div = torch.Generator().manual_seed(seed), 0.01 * sigma, 0.0
+    for _ in range(probes):
+        b = torch.randn(x.shape, generator=g).to(x.device)
+        div += (b * (recon(x + eps * b) - c)).sum().item() / eps / probes
+    model.train(was_training)
+    return ((c - x) ** 2).mean().item() - sigma ** 2 + 2 * sigma ** 2 * div / x.numel()
+
 # %% ../nbs/02_segment.ipynb #11cf579a
 def _resolve_data(data, shapes: bool, noise: float) -> SegData:
     if isinstance(data, SegData): return data
@@ -290,30 +344,82 @@ def _polarity(p: torch.Tensor) -> bool:
     border = torch.cat([p[..., 0, :], p[..., -1, :], p[..., 1:-1, 0], p[..., 1:-1, -1]], -1).flatten(1)
     return bool(((border > 0.5).float().mean(1) > 0.5).float().mean() > 0.5)
 
-def model_record(model: nn.Module, recipe: Recipe, norm: dict, **extra) -> dict:
+def model_record(model: nn.Module, recipe: Recipe, norm: dict, widths, alpha: float, **extra) -> dict:
     "What `model.pt` holds: enough to rebuild the network and prepare its inputs."
-    return dict(format='capseg.segment/1', arch_net=recipe.net, widths=list(recipe.widths), recipe=asdict(recipe),
+    return dict(format='capseg.segment/1', arch_net=recipe.net, widths=list(widths), recipe=asdict(recipe),
                 state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()}, norm=norm,
-                alpha=recipe.alpha, png_scale=1.0, **extra)
+                alpha=alpha, png_scale=1.0, **extra)
+
+def _check_recipe(r: Recipe):
+    if r.epochs < 1: raise CapsegError(f'--epochs must be ≥ 1, not {r.epochs}')
+    if r.batch_size < 1: raise CapsegError(f'--batch-size must be ≥ 1, not {r.batch_size}')
+    if not r.lr > 0: raise CapsegError(f'--lr must be > 0, not {r.lr}')
+    if r.alpha != 'auto' and not (isinstance(r.alpha, (int, float)) and r.alpha >= 0):
+        raise CapsegError(f"--alpha must be 'auto' or a number ≥ 0, not {r.alpha!r}")
+    if r.augment not in AUGMENTATIONS + (None,):
+        raise CapsegError(f'--augment must be one of {", ".join(AUGMENTATIONS)}, not {r.augment!r}')
 
 def train(data=None, shapes: bool = False, noise: float = 0.5, out='runs/segment', epochs: int | None = None,
-          arch: str = 'default', seed: int = 0, resume: bool = False, device=None, alpha: float | None = None,
-          lr: float | None = None, batch_size: int | None = None, supervised: bool = False,
-          figures: bool = True, callback=None) -> dict:
+          arch: str = 'default', seed: int = 0, resume: bool = False, device=None, alpha: float | str | None = None,
+          lr: float | None = None, batch_size: int | None = None, augment: str | None = None, widths=None,
+          supervised: bool = False, figures: bool = True, callback=None) -> dict:
     """Train a segmentation network on `data` (an npz path or `SegData`) or the noisy shapes (`shapes`), without
     masks (Chan–Vese loss); write model.pt, metrics.json and the figures into `out`; return the metrics.
-    `shapes` uses data seed 0 (`make_shapes(noise=noise)`: the same data for every training `seed`).
+    `alpha`, `lr`, `batch_size`, `augment` and `epochs` override the recipe of `arch`; `widths` fixes the network
+    (no screening). `shapes` uses data seed 0 (`make_shapes(noise=noise)`: the same data for every training `seed`).
     `callback(epoch, history)`, if given, is called after each epoch's checkpoint."""
     t_start = time.perf_counter()
     if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
     d = _resolve_data(data, shapes, noise)
-    recipe = replace(ARCHS[arch], **{k: v for k, v in dict(epochs=epochs, alpha=alpha, lr=lr,
-                                                           batch_size=batch_size).items() if v is not None})
-    if recipe.epochs < 1: raise CapsegError(f'--epochs must be ≥ 1, not {recipe.epochs}')
+    given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)
+    recipe = replace(ARCHS[arch], **{k: v for k, v in given.items() if v is not None})
+    if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for
+    if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
+    _check_recipe(recipe)
     out, device = Path(out), get_device(device)
     out.mkdir(parents=True, exist_ok=True)
     with cpu_threads(recipe.threads if device.type == 'cpu' else None):
         return _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callback, t_start)
+
+# %% ../nbs/02_segment.ipynb #37dbd0d9
+class _Net:
+    "One network in training: its optimiser, schedule, per-epoch history and best held-out state."
+    def __init__(self, recipe: Recipe, widths, steps: int, device):
+        self.widths = tuple(widths)
+        self.model = build_net(recipe.net, self.widths).to(device)
+        self.opt, self.sched = make_optimizer(self.model, recipe, steps)
+        self.history, self.best = History(), None          # best: {'risk', 'epoch', 'state'}
+
+    def state(self) -> dict:
+        return dict(widths=self.widths, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+                    scheduler=self.sched.state_dict() if self.sched else None, history=self.history.to_dict(),
+                    best=self.best)
+
+    def load(self, s: dict):
+        self.model.load_state_dict(s['model']); self.opt.load_state_dict(s['optimizer'])
+        if self.sched is not None: self.sched.load_state_dict(s['scheduler'])
+        self.history, self.best = History(s['history']), s['best']
+
+    def end_epoch(self, epoch: int, x_held, sigma: float, seed: int):
+        "Estimate the held-out risk and keep the weights if it is the lowest so far."
+        risk = sure_risk(self.model, x_held, sigma, seed=seed)
+        self.history.add('holdout/risk', risk)
+        if self.best is None or risk < self.best['risk']:
+            self.best = dict(risk=risk, epoch=epoch, state={k: v.detach().cpu().clone() for k, v in
+                                                            self.model.state_dict().items()})
+
+def _holdout(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    "Indices `(fit, held)` of a seeded split of `n` training images; `held` empty when `share` is 0 or n < 2."
+    k = min(256, max(1, round(share * n))) if share > 0 and n >= 2 else 0
+    perm = np.random.default_rng([seed, 7]).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+def _screen(nets: list[_Net], epoch: int) -> tuple[list[_Net], dict]:
+    "Keep the network with the lowest held-out risk so far; the record of the choice."
+    ranked = sorted(nets, key=lambda n: n.best['risk'])
+    return ranked[:1], dict(epoch=epoch, chosen=list(ranked[0].widths), candidates=[
+        dict(widths=list(n.widths), risk=n.best['risk'], parameters=sum(p.numel() for p in n.model.parameters()))
+        for n in nets])
 
 def _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callback, t_start):
     ckpt_path, fingerprint = out / 'checkpoint.pt', _fingerprint(d)
@@ -321,13 +427,22 @@ def _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callba
     loader_gen = seed_everything(seed)
     norm = (dict(mean=float(d.image_train.mean()), std=float(d.image_train.std()) or 1.0) if recipe.normalize
             else dict(mean=0.0, std=1.0))
-    model = build_net(recipe.net, recipe.widths).to(device)
-    train_ds = SegDataset((d.image_train - norm['mean']) / norm['std'], d.mask_train, seg_transforms(recipe.augment))
+    x_train = normalize(d.image_train, norm)
+    sigma = float(np.median(noise_sigma(x_train[:, 0].numpy())))          # in the network's units
+    alpha = recipe.kappa * sigma ** 2 if recipe.alpha == 'auto' else float(recipe.alpha)
+    fit, held = _holdout(len(x_train), recipe.holdout, seed)
+    x_held, x_test = x_train[held], normalize(d.image_test, norm)
+    train_ds = SegDataset(x_train[fit, 0], d.mask_train[fit], seg_transforms(recipe.augment, x_train.shape[-2:]))
     loader = DataLoader(train_ds, batch_size=recipe.batch_size, shuffle=True, generator=loader_gen,
                         collate_fn=_collate, drop_last=len(train_ds) > recipe.batch_size)
-    opt, sched = make_optimizer(model, recipe, recipe.epochs * len(loader))
-    x_test = normalize(d.image_test, norm)
-    history, start, train_seconds, cpu_seconds = History(), 0, 0.0, 0.0
+    epochs = min(recipe.epochs, math.ceil(recipe.steps / len(loader))) if recipe.steps else recipe.epochs
+    steps = epochs * len(loader)
+    ramp_steps = recipe.alpha_ramp * steps
+    fits = lambda w: min(x_train.shape[-2:]) >= 4 * 2 ** (len(w) - 1)       # a bottleneck of at least 4 px
+    widths = [w for i, w in enumerate(recipe.candidates) if i == 0 or fits(w)] if len(held) else []
+    nets = [_Net(recipe, w, steps, device) for w in widths or [recipe.widths]]
+    screen_at = max(1, round(recipe.screen * epochs)) if len(nets) > 1 else None
+    start, train_seconds, cpu_seconds, selection, stopped = 0, 0.0, 0.0, None, False
 
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -338,50 +453,65 @@ def _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callba
         if ck['recipe'] != asdict(recipe) and not (recipe.schedule is None and
                                                    {**ck['recipe'], 'epochs': recipe.epochs} == asdict(recipe)):
             raise CapsegError(f'{ckpt_path} was made with other settings (epochs {ck["recipe"]["epochs"]}); '
-                              'resume with the same --epochs')
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer'])
-        if sched is not None: sched.load_state_dict(ck['scheduler'])
-        history, start = History(ck['history']), ck['epoch']
-        train_seconds, cpu_seconds = ck['train_seconds'], ck.get('cpu_seconds', 0.0)
+                              'resume with the same --epochs and options')
+        nets = [_Net(recipe, s['widths'], steps, device) for s in ck['nets']]
+        for net, s in zip(nets, ck['nets']): net.load(s)
+        start, selection, stopped = ck['epoch'], ck['selection'], ck['stopped']
+        train_seconds, cpu_seconds = ck['train_seconds'], ck['cpu_seconds']
         _set_rng_state(ck['rng'], loader_gen)
     elif resume: warnings.warn(f'no checkpoint in {out}: starting from scratch')
 
-    bar = progress(range(start, recipe.epochs), initial=start, total=recipe.epochs, desc=f'segment {arch}', unit='epoch')
+    bar = progress(range(start, epochs if not stopped else start), initial=start, total=epochs,
+                   desc=f'segment {arch}', unit='epoch')
     for epoch in bar:
         t0, c0 = time.perf_counter(), time.process_time()
-        model.train()
-        logs = {k: [] for k in ('loss', 'fidelity', 'regularization', 'iou')}
-        for xb, mb in loader:
+        for net in nets: net.model.train()
+        logs = [{k: [] for k in ('loss', 'fidelity', 'regularization', 'iou')} for _ in nets]
+        for i, (xb, mb) in enumerate(loader):
             xb, mb = xb.to(device, non_blocking=True), mb.to(device, non_blocking=True)
-            p = model(xb)
-            total, fid, reg = chan_vese_loss(xb, p, recipe.alpha)
-            loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
-            if not torch.isfinite(loss):
-                kept = f'the last good checkpoint (epoch {epoch}) is kept in {out}' if epoch else 'no epoch finished'
-                raise CapsegError(f'training diverged in epoch {epoch + 1}: the loss is {loss.item()}; {kept} — '
-                                  'lower the learning rate or alpha')
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None: sched.step()
-            logs['loss'].append(loss.item()); logs['fidelity'].append(fid.mean().item())
-            logs['regularization'].append(reg.mean().item())
-            logs['iou'].append(flip_invariant_iou(p.detach(), mb))
+            a = alpha * min(1.0, (epoch * len(loader) + i + 1) / ramp_steps) if ramp_steps else alpha
+            for net, log in zip(nets, logs):
+                p = net.model(xb)
+                total, fid, reg = chan_vese_loss(xb, p, a)
+                loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
+                if not torch.isfinite(loss):
+                    kept = f'the last good checkpoint (epoch {epoch}) is kept in {out}' if epoch else 'no epoch finished'
+                    raise CapsegError(f'training diverged in epoch {epoch + 1}: the loss is {loss.item()}; {kept} — '
+                                      'lower the learning rate or alpha')
+                net.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                net.opt.step()
+                if net.sched is not None: net.sched.step()
+                log['loss'].append(loss.item()); log['fidelity'].append(fid.mean().item())
+                log['regularization'].append(reg.mean().item()); log['iou'].append(flip_invariant_iou(p.detach(), mb))
+        for net in nets:
+            if len(held): net.end_epoch(epoch + 1, x_held, sigma, seed)
+        if screen_at and epoch + 1 >= screen_at: (nets, selection), screen_at = _screen(nets, epoch + 1), None
         train_seconds += time.perf_counter() - t0
         cpu_seconds += time.process_time() - c0
-        test = score(x_test, infer(model, x_test), d.mask_test, recipe.alpha)
-        for k, v in logs.items(): history.add(f'train/{k}', v)
-        for k in logs: history.add(f'test/{k}', test[k])
+        for net, log in zip(nets, logs):        # the test curves (masks only score, never steer)
+            test = score(x_test, infer(net.model, x_test), d.mask_test, alpha)
+            for k, v in log.items(): net.history.add(f'train/{k}', v)
+            for k in log: net.history.add(f'test/{k}', test[k])
+        stopped = bool(recipe.patience and len(nets) == 1 and nets[0].best
+                       and epoch + 1 - nets[0].best['epoch'] >= recipe.patience)
         atomic_torch_save(dict(arch=arch, supervised=supervised, recipe=asdict(recipe), epoch=epoch + 1,
-                               model=model.state_dict(), optimizer=opt.state_dict(),
-                               scheduler=sched.state_dict() if sched is not None else None,
-                               history=history.to_dict(), train_seconds=train_seconds, cpu_seconds=cpu_seconds,
-                               rng=_rng_state(loader_gen),
+                               nets=[n.state() for n in nets], selection=selection, stopped=stopped,
+                               train_seconds=train_seconds, cpu_seconds=cpu_seconds, rng=_rng_state(loader_gen),
                                fingerprint=fingerprint, data_source=d.source, norm=norm, seed=seed), ckpt_path)
-        bar.set_postfix(loss=f'{history.last("train/loss"):.4f}', test_iou=f'{test["iou_batch_level"]:.1f}')
-        if callback is not None: callback(epoch + 1, history)
-    return _finish(model, recipe, d, norm, history, out, arch=arch, seed=seed, supervised=supervised,
-                   train_seconds=train_seconds, cpu_seconds=cpu_seconds, t_start=t_start, figures=figures)
+        lead = min(nets, key=lambda n: n.best['risk']) if nets[0].best else nets[0]
+        bar.set_postfix(nets=len(nets), loss=f'{lead.history.last("train/loss"):.4f}',
+                        test_iou=f'{lead.history.last("test/iou"):.1f}')
+        if callback is not None: callback(epoch + 1, lead.history)
+        if stopped: break
+    net = nets[0]
+    if net.best is not None: net.model.load_state_dict(net.best['state'])
+    auto = dict(epochs_planned=epochs, noise_sigma=sigma * norm['std'], alpha=alpha, alpha_rule=(f'kappa {recipe.kappa:g} × noise variance'
+                if recipe.alpha == 'auto' else 'given'), holdout_images=len(held), selection=selection,
+                best_epoch=net.best['epoch'] if net.best else None, stopped_early=stopped)
+    return _finish(net.model, recipe, d, norm, net.history, out, arch=arch, seed=seed, supervised=supervised,
+                   train_seconds=train_seconds, cpu_seconds=cpu_seconds, t_start=t_start, figures=figures,
+                   widths=net.widths, auto=auto)
 
 # %% ../nbs/02_segment.ipynb #08492d4f
 def _results_png(x, p, masks, norm, path, n: int = 10, title: str | None = None):
@@ -392,14 +522,15 @@ def _results_png(x, p, masks, norm, path, n: int = 10, title: str | None = None)
                 'binary': binary[:, 0].numpy(), 'mask': m[:, 0].numpy()}, path, title=title)
 
 def _finish(model, recipe, d, norm, history, out, arch, seed, supervised, train_seconds, cpu_seconds, t_start,
-            figures):
+            figures, widths, auto):
     x_train, x_test = normalize(d.image_train, norm), normalize(d.image_test, norm)
     p_train, p_test = infer(model, x_train), infer(model, x_test)
-    tr, te = score(x_train, p_train, d.mask_train, recipe.alpha), score(x_test, p_test, d.mask_test, recipe.alpha)
+    alpha = auto['alpha']
+    tr, te = score(x_train, p_train, d.mask_train, alpha), score(x_test, p_test, d.mask_test, alpha)
     background_high = _polarity(p_train)
     speed = images_per_second(model, x_test)
     base = baseline_scores(d.image_test, d.mask_test)
-    atomic_torch_save(model_record(model, recipe, norm, arch=arch, flip=background_high, epochs=history.epochs,
+    atomic_torch_save(model_record(model, recipe, norm, widths, alpha, arch=arch, flip=background_high, epochs=history.epochs,
                                    data_source=d.source, supervised=supervised), out / 'model.pt')
     metrics = dict(
         test_iou=te['iou_batch_level'], test_iou_per_image=te['iou_per_image'],
@@ -408,15 +539,16 @@ def _finish(model, recipe, d, norm, history, out, arch, seed, supervised, train_
         baseline_test_iou=base['iou'], baseline_test_iou_per_image=base['iou_per_image'],
         train_seconds=train_seconds, train_cpu_seconds=cpu_seconds, wall_seconds=None,
         inference_images_per_s=speed, epochs=history.epochs, arch=arch, supervised=supervised, seed=seed,
-        alpha=recipe.alpha, recipe=asdict(recipe), foreground='p < 0.5' if background_high else 'p > 0.5',
+        alpha=alpha, widths=list(widths), **{k: v for k, v in auto.items() if k != 'alpha'}, recipe=asdict(recipe), foreground='p < 0.5' if background_high else 'p > 0.5',
         data=d.source, n_train=len(d.image_train), n_test=len(d.image_test),
         device=str(next(model.parameters()).device), torch_threads=torch.get_num_threads(),
         iou_definition='flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 test images '
                        '(the seed\'s batch-level choice), mean over images; *_per_image: flip chosen per image',
         history=history.to_dict())
     if figures:
-        plot_curves(history, out / 'curves.png', names=['loss', 'fidelity', 'regularization', 'iou'],
-                    title=f'{arch}: mean ± std over batches')
+        names = ['loss', 'fidelity', 'regularization', 'iou'] + ['risk'] * ('holdout/risk' in history)
+        plot_curves(history, out / 'curves.png', names=names, ncols=len(names),
+                    title=f'{arch}: mean ± std over batches; risk: SURE on held-out training images')
         _results_png(x_train, p_train, d.mask_train, norm, out / 'results_train.png', title='train')
         _results_png(x_test, p_test, d.mask_test, norm, out / 'results_test.png', title='test')
     metrics['wall_seconds'] = time.perf_counter() - t_start
