@@ -353,8 +353,8 @@ def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None,
         for d in ('best', '.best.old'): shutil.rmtree(out/d, ignore_errors=True)
     for epoch in range(start, cfg.epochs):
         if cfg.early_stop and validate and epoch - best['epoch'] >= cfg.early_stop:
-            if is_main_process(): print(f'early stop: no better validation CIDEr in {cfg.early_stop} epochs since epoch '
-                                        f'{best["epoch"]}', file=sys.stderr, flush=True)
+            if is_main_process(): print(f'early stop after epoch {epoch}: no better validation CIDEr since epoch {best["epoch"]} '
+                                        f'(early_stop={cfg.early_stop})', file=sys.stderr, flush=True)
             break
         t0 = time.time()
         torch.manual_seed(cfg.seed * 1000 + epoch + 10**6 * rank())   # dropout: a resumed run repeats the epoch
