@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/caption.html.md"""
 
 # %% ../nbs/04_caption.ipynb #2d7caf89
 from __future__ import annotations
-import math, shutil, sys, time
+import copy, math, shutil, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -15,17 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 
-from .core import CapsegError, History, get_device, load_json, progress, save_json, seed_everything
+from .core import (CapsegError, History, barrier, gather_objects, get_device, init_distributed, is_main_process, load_json,
+                   progress, rank, save_json, seed_everything, world_size)
 from .caption_data import CaptionItem, clean_caption, load_caption_data, load_image
 from .metrics import caption_metrics
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'SHAPES_DEFAULT', 'train_tokenizer', 'set_special_ids', 'tiny_processor', 'tiny_model', 'Captioner',
-           'load_captioner', 'ImageTransform', 'CaptionDataset', 'collate_captions', 'n_params', 'resolve_amp',
-           'amp_context', 'TrainConfig', 'make_optimizer', 'batch_loss', 'optimizer_step', 'save_checkpoint', 'fit',
-           'generate_captions', 'score_dataset', 'train', 'evaluate', 'predict']
+__all__ = ['SPECIAL_TOKENS', 'GENERATION', 'SHAPES_DEFAULT', 'train_tokenizer', 'set_special_ids', 'tiny_processor', 'tiny_model',
+           'Captioner', 'load_captioner', 'ImageTransform', 'CaptionDataset', 'collate_captions', 'n_params',
+           'resolve_amp', 'amp_context', 'TrainConfig', 'make_optimizer', 'batch_loss', 'optimizer_step',
+           'save_checkpoint', 'epoch_batches', 'fit', 'generate_captions', 'score_dataset', 'train', 'evaluate',
+           'predict']
 
 # %% ../nbs/04_caption.ipynb #248842e8
 SPECIAL_TOKENS = ['[PAD]', '[BOS]', '[EOS]', '[UNK]']
@@ -71,6 +74,8 @@ def tiny_model(tokenizer, image_size: int = 48, patch_size: int = 16, hidden_siz
     return set_special_ids(model, tokenizer)
 
 # %% ../nbs/04_caption.ipynb #8c360aeb
+GENERATION = dict(num_beams=5, max_new_tokens=30, no_repeat_ngram_size=3, early_stopping=True)   # `generate_captions`' defaults
+
 @dataclass
 class Captioner:
     "A model with its tokenizer and image processor; `tiny` when it is capseg's tiny model (its training defaults differ)."
@@ -81,9 +86,16 @@ class Captioner:
     tiny: bool = True
 
     def save(self, path: str | Path):
-        "`save_pretrained` all three into `path`."
+        "`save_pretrained` the model, and the tokenizer and image processor as one processor, into `path`: a folder for `load_captioner`, `from_pretrained` and `transformers.pipeline`."
+        from transformers import VisionTextDualEncoderProcessor
+        gen, tok = copy.deepcopy(self.model.generation_config), copy.deepcopy(self.tokenizer)
+        gen.update(**GENERATION)   # the folder's default decoding is capseg's
+        tok.add_bos_token = True   # a text prompt ('' for a plain caption) starts with BOS, the decoder start
         with _hf_quiet():
-            for x in (self.model, self.tokenizer, self.processor): x.save_pretrained(path)
+            self.model.save_pretrained(path)
+            gen.save_pretrained(path)
+            self.processor.save_pretrained(path)   # preprocessor_config.json, for readers that look for the image processor alone
+            VisionTextDualEncoderProcessor(image_processor=self.processor, tokenizer=tok).save_pretrained(path)
 
 @contextmanager
 def _hf_quiet():
@@ -99,8 +111,13 @@ def _first_line(e: BaseException, n: int = 160) -> str:
     s = str(e).strip().splitlines()
     return (s[0] if s else type(e).__name__)[:n]
 
+def _written(final: Path, marker: str = 'config.json') -> Path | None:
+    "A folder as `_write_folder` leaves it: `final`, or its `.old` copy alone when killed between the two renames."
+    return next((d for d in (final, final.with_name(f'.{final.name}.old')) if (d/marker).is_file()), None)
+
 def _model_dir(path: Path) -> Path:
-    return path/'checkpoint' if (path/'checkpoint'/'config.json').is_file() else path
+    "The model of a `train --out` folder: `best/` (by validation CIDEr), else `checkpoint/`; any other folder itself."
+    return _written(path/'best') or _written(path/'checkpoint') or path
 
 def _from_pretrained(where):
     from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
@@ -165,7 +182,7 @@ class CaptionDataset(Dataset):
         with ThreadPoolExecutor(workers) as ex:
             loaded = list(progress(ex.map(load, items), total=len(items), desc=f'loading {desc}'))
         self.skipped = [r for r in loaded if isinstance(r, str)]
-        if self.skipped:
+        if self.skipped and is_main_process():
             print(f'capseg: warning: {desc}: skipped {len(self.skipped)} of {len(items)} images that could not be read, '
                   f'e.g. {self.skipped[0]}', file=sys.stderr, flush=True)
         keep = [i for i, r in enumerate(loaded) if not isinstance(r, str)]
@@ -231,7 +248,13 @@ class TrainConfig:
     clip: float = 1.0               # max gradient norm
     amp: str = 'auto'
     freeze_encoder: bool = False
+    early_stop: int | None = None   # stop after this many epochs without a better validation CIDEr (None, 0: never)
     seed: int = 0
+
+    def __post_init__(self):
+        for k in ('epochs', 'batch_size', 'accum'):
+            if getattr(self, k) is not None and getattr(self, k) < 1: raise CapsegError(f'{k} must be at least 1, not {getattr(self, k)}')
+        if (self.early_stop or 0) < 0 or (self.lr or 0) < 0: raise CapsegError('early_stop and lr cannot be negative')
 
     def for_model(self, tiny: bool) -> TrainConfig:
         "Fill the `None`s: tiny 8 epochs × batch 32 at 1.5e-3; pretrained models the seed's 3 epochs at 5e-5, batch 8."
@@ -264,88 +287,126 @@ def _lr_lambda(total: int, warmup: int):
     return f
 
 # %% ../nbs/04_caption.ipynb #5a259393
-def save_checkpoint(cap: Captioner, state: dict, out: Path):
-    "Write the model, tokenizer, processor, trainer state and data source to `out/checkpoint`, atomically (a folder, then renames)."
-    tmp, old, final = out/'.checkpoint.tmp', out/'.checkpoint.old', out/'checkpoint'
+def _write_folder(cap: Captioner, final: Path, info: dict, state: dict | None = None):
+    "`cap.save` + `capseg.json` (`info`) + `trainer_state.pt` (`state`, if any) into `final`, atomically: a folder, then renames."
+    tmp, old = final.with_name(f'.{final.name}.tmp'), final.with_name(f'.{final.name}.old')
     shutil.rmtree(tmp, ignore_errors=True)
     cap.save(tmp)
-    save_json({**state.get('source', {}), 'tiny': cap.tiny}, tmp/'capseg.json')
-    torch.save(state, tmp/'trainer_state.pt')
+    save_json(info, tmp/'capseg.json')
+    if state is not None: torch.save(state, tmp/'trainer_state.pt')
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
 
+def save_checkpoint(cap: Captioner, state: dict, out: Path):
+    "Write the model, tokenizer, processor, trainer state and data source to `out/checkpoint`, atomically (a folder, then renames)."
+    _write_folder(cap, out/'checkpoint', {**state.get('source', {}), 'tiny': cap.tiny}, state)
+
 def _checkpoint_dir(out: Path) -> Path | None:
-    for d in (out/'checkpoint', out/'.checkpoint.old'):   # .old is alone only if killed between the two renames
-        if (d/'trainer_state.pt').is_file(): return d
-    return None
+    return _written(out/'checkpoint', 'trainer_state.pt')
 
 def _load_state(d: Path) -> dict:
     return torch.load(d/'trainer_state.pt', map_location='cpu', weights_only=False)
 
 # %% ../nbs/04_caption.ipynb #897d7a29
+def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    "This process's batches of an epoch: `range(n)` shuffled by `seed`, cut into global batches of `batch_size` × processes, each process taking its own block of each."
+    ws = world_size()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = torch.cat([order, order[:(-n) % ws]])   # as many images for every process (fewer than ws seen twice)
+    return [b.view(ws, -1)[rank()].tolist() for b in order.split(batch_size * ws)]
+
 def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None, out: str | Path, cfg: TrainConfig,
-        resume: bool = False, device=None, source: dict | None = None) -> tuple[History, float]:
-    "Train `cap.model`, checkpointing each epoch to `out/checkpoint`; returns (history, training seconds)."
+        resume: bool = False, device=None, source: dict | None = None, generate_kw: dict | None = None) -> tuple[History, float]:
+    "Train `cap.model` (in every process of a `torchrun`), checkpointing each epoch to `out/checkpoint` and the model with the best validation CIDEr to `out/best`; returns (history, training seconds)."
     out, device = Path(out), get_device(device)
+    ddp = init_distributed(device)
     model, tf = cap.model.to(device), ImageTransform(cap.processor)
     collate = lambda b: collate_captions(b, tf, cap.tokenizer.eos_token_id)
     for p in model.encoder.parameters(): p.requires_grad_(not cfg.freeze_encoder)
     params = [p for p in model.parameters() if p.requires_grad]
+    # DDP averages the gradients over the processes during backward; a trained encoder has parameters that get none
+    # (ViT's pooler: the decoder reads the hidden states), which DDP must look for
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None,
+                                  find_unused_parameters=not cfg.freeze_encoder) if ddp else model
     opt = make_optimizer(params, cfg.lr, cfg.weight_decay, device)
-    batches = math.ceil(len(train_ds) / cfg.batch_size)
-    total = math.ceil(batches / cfg.accum) * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup * total))))
+    batches = math.ceil(math.ceil(len(train_ds) / world_size()) / cfg.batch_size)   # per process and epoch
+    steps = math.ceil(batches / cfg.accum)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * cfg.epochs, max(1, int(cfg.warmup * steps * cfg.epochs))))
     autocast, scaler = amp_context(device, cfg.amp, n_params(model))
-    hist, start, seconds = History(), 0, 0.0
+    validate = val_ds is not None and len(val_ds) > 0
+    hist, start, seconds, best = History(), 0, 0.0, {'epoch': 0, 'cider': -math.inf}
     if resume and (ck := _checkpoint_dir(out)) is not None:
         st = _load_state(ck)
         opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
         if scaler is not None and st.get('scaler'): scaler.load_state_dict(st['scaler'])
-        hist, start, seconds = History(st['history']), st['epoch'], st['train_seconds']
+        hist, start, seconds, best = History(st['history']), st['epoch'], st['train_seconds'], st.get('best', best)
         hist.truncate(start)
-        print(f'capseg: resuming {out} after epoch {start}', file=sys.stderr, flush=True)
-    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, collate_fn=collate) if val_ds is not None and len(val_ds) else None
+        if is_main_process():
+            print(f'capseg: resuming {out} after epoch {start}', file=sys.stderr, flush=True)
+            if st.get('world_size', 1) != world_size():
+                print(f'capseg: warning: resuming with {world_size()} processes a run started with {st.get("world_size", 1)}: '
+                      'the global batch and data order change', file=sys.stderr, flush=True)
+    elif is_main_process():   # a fresh run: no best model of an earlier one
+        for d in ('best', '.best.old'): shutil.rmtree(out/d, ignore_errors=True)
     for epoch in range(start, cfg.epochs):
+        if cfg.early_stop and validate and epoch - best['epoch'] >= cfg.early_stop:
+            if is_main_process(): print(f'early stop after epoch {epoch}: no better validation CIDEr since epoch {best["epoch"]} '
+                                        f'(early_stop={cfg.early_stop})', file=sys.stderr, flush=True)
+            break
         t0 = time.time()
-        torch.manual_seed(cfg.seed * 1000 + epoch)   # dropout etc.: a resumed run repeats the same epoch
+        torch.manual_seed(cfg.seed * 1000 + epoch + 10**6 * rank())   # dropout: a resumed run repeats the epoch
         train_ds.set_epoch(epoch)
-        order = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        model.train()
+        net.train()
         losses, bad = [], 0
-        bar = progress(DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, collate_fn=collate),
-                       desc=f'epoch {epoch + 1}/{cfg.epochs}')
+        bar = progress(DataLoader(train_ds, batch_sampler=epoch_batches(len(train_ds), cfg.batch_size, cfg.seed * 1000 + epoch),
+                                  collate_fn=collate), desc=f'epoch {epoch + 1}/{cfg.epochs}')
         for i, batch in enumerate(bar):
-            loss = batch_loss(model, batch, device, autocast)
-            if torch.isfinite(loss):
-                (scaler.scale(loss / cfg.accum) if scaler else loss / cfg.accum).backward()
-                losses.append(loss.item())
-            else: bad += 1
-            if (i + 1) % cfg.accum == 0 or i + 1 == batches:
+            stepping = (i + 1) % cfg.accum == 0 or i + 1 == batches
+            if ddp: net.require_backward_grad_sync = stepping   # average the gradients only before a step
+            loss = batch_loss(net, batch, device, autocast)
+            # a non-finite loss goes backward too (every process must take part in the averaging): its gradients are
+            # not finite then, in every process, and optimizer_step skips the step everywhere
+            (scaler.scale(loss / cfg.accum) if scaler else loss / cfg.accum).backward()
+            losses.append(loss.item())
+            if stepping:
                 bad += not optimizer_step(opt, params, scaler, cfg.clip)
                 sched.step()
-            if losses: bar.set_postfix(loss=f'{np.mean(losses[-20:]):.3f}')
-        if bad > batches // 2 or not losses:
-            raise CapsegError(f'training diverged: non-finite loss or gradients in {bad} of {batches} batches of epoch '
-                              f'{epoch + 1}; try a lower learning rate')
+            bar.set_postfix(loss=f'{np.mean(losses[-20:]):.3f}')
+        losses = [x for xs in gather_objects(losses) for x in xs]   # every process's batches
+        finite = [x for x in losses if math.isfinite(x)]
+        if bad > steps // 2 or not finite:
+            raise CapsegError(f'training diverged in epoch {epoch + 1}: {len(losses) - len(finite)} of {len(losses)} batch '
+                              f'losses and {bad} of {steps} optimiser steps not finite; try a lower learning rate')
         seconds += time.time() - t0
-        val = _val_losses(model, val_dl, device, autocast) if val_dl is not None else []
-        hist.log(train__loss=losses, **({'val__loss': val} if val else {}))
-        save_checkpoint(cap, {'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
-                              'scaler': scaler.state_dict() if scaler else None, 'epoch': epoch + 1,
-                              'history': hist.to_dict(), 'train_seconds': seconds, 'nonfinite': bad,
-                              'config': vars(cfg), 'source': source or {}}, out)
-        print(f'epoch {epoch + 1}/{cfg.epochs}: train loss {hist.last("train/loss"):.4f}'
-              + (f', val loss {hist.last("val/loss"):.4f}' if val else '') + f' ({time.time() - t0:.0f} s)',
-              file=sys.stderr, flush=True)
+        val = {}
+        if validate:
+            val['val__loss'] = _val_losses(model, val_ds, collate, cfg.batch_size, device, autocast)
+            val['val__cider'] = score_dataset(cap, val_ds, device=device, **(generate_kw or {}))[0]['cider']
+        hist.log(train__loss=finite, **val)
+        improved = validate and val['val__cider'] > best['cider']
+        if improved: best = {'epoch': epoch + 1, 'cider': val['val__cider']}
+        if is_main_process():
+            info = {**(source or {}), 'tiny': cap.tiny}
+            if improved: _write_folder(cap, out/'best', {**info, 'epoch': epoch + 1, 'val_cider': best['cider']})   # before the checkpoint that counts on it
+            save_checkpoint(cap, {'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
+                                  'scaler': scaler.state_dict() if scaler else None, 'epoch': epoch + 1,
+                                  'history': hist.to_dict(), 'train_seconds': seconds, 'nonfinite': bad, 'best': best,
+                                  'world_size': world_size(), 'config': vars(cfg), 'source': source or {}}, out)
+            print(f'epoch {epoch + 1}/{cfg.epochs}: train loss {hist.last("train/loss"):.4f}'
+                  + (f', val loss {hist.last("val/loss"):.4f}, val CIDEr {val["val__cider"]:.3f}' if val else '')
+                  + (' (best)' if improved else '') + f' ({time.time() - t0:.0f} s)', file=sys.stderr, flush=True)
     return hist, seconds
 
 @torch.no_grad()
-def _val_losses(model, dl, device, autocast) -> list[float]:
+def _val_losses(model, ds: CaptionDataset, collate, batch_size: int, device, autocast) -> list[float]:
+    "Every validation batch's loss; the batches shared out among the processes."
     model.eval()
-    return [batch_loss(model, b, device, autocast).item() for b in dl]
+    mine = [list(range(i, min(i + batch_size, len(ds)))) for i in range(rank() * batch_size, len(ds), world_size() * batch_size)]
+    losses = [batch_loss(model, b, device, autocast).item() for b in DataLoader(ds, batch_sampler=mine, collate_fn=collate)]
+    return [x for xs in gather_objects(losses) for x in xs]
 
 # %% ../nbs/04_caption.ipynb #684f12da
 @torch.no_grad()
@@ -364,12 +425,15 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
     return out
 
 def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, **generate_kw) -> tuple[dict, list[dict]]:
-    "Caption every image of `ds`: (metrics, samples as {image, prediction, references})."
-    preds = generate_captions(cap, ds.pixels, device=device, **generate_kw)
+    "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process."
+    init_distributed(get_device(device))
+    ws, preds = world_size(), [None] * len(ds)
+    for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], device=device, **generate_kw))):
+        preds[k::ws] = part   # process k captioned images k, k + ws, k + 2 ws, ...
     refs = [it.captions for it in ds.items]
     objects = [it.objects for it in ds.items] if ds.items and all(it.objects is not None for it in ds.items) else None
     samples = [{'image': it.image, 'prediction': p, 'references': it.captions} for it, p in zip(ds.items, preds)]
-    return caption_metrics(preds, refs, objects), samples
+    return gather_objects(caption_metrics(preds, refs, objects) if is_main_process() else None)[0], samples   # scored once
 
 # %% ../nbs/04_caption.ipynb #a13b5183
 SHAPES_DEFAULT = dict(n_train=6000, n_val=300, n_test=300)
@@ -377,61 +441,75 @@ SHAPES_DEFAULT = dict(n_train=6000, n_val=300, n_test=300)
 def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: History | None, n: int = 8):
     from capseg.plot import caption_gallery, plot_curves
     save_json(samples, out/'samples.json')
-    if hist is not None and hist.epochs: plot_curves(hist, out/'curves.png', title='caption: loss per epoch (mean ± std over batches)')
+    if hist is not None and hist.epochs:
+        plot_curves(hist, out/'curves.png', title='caption: loss (mean ± std over batches) and validation CIDEr per epoch')
     k = min(n, len(ds))
     if k: caption_gallery([ds.pixels[i].permute(1, 2, 0).numpy() for i in range(k)], [s['prediction'] for s in samples[:k]],
                           [s['references'] for s in samples[:k]], path=out/'gallery.png')
 
-def train(data=None, flickr8k=None, shapes: bool = False, model: str = 'tiny', out: str | Path = 'runs/caption',
-          epochs: int | None = None, batch_size: int | None = None, seed: int = 0, resume: bool = False,
-          lr: float | None = None, accum: int = 1, amp: str = 'auto', freeze_encoder: bool = False, device=None,
-          shapes_kw: dict | None = None, num_beams: int = 5, max_new_tokens: int = 30) -> dict:
-    "Train (tiny) or fine-tune on one data source, then caption the whole test split; everything goes to `out`."
-    out = Path(out)
+def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, model: str = 'tiny',
+          out: str | Path = 'runs/caption', epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
+          resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto', freeze_encoder: bool = False,
+          early_stop: int | None = None, limit: int | None = None, device=None, shapes_kw: dict | None = None,
+          num_beams: int = 5, max_new_tokens: int = 30) -> dict | None:
+    "Train (tiny) or fine-tune on one data source, then caption the whole test split with the best model; everything goes to `out`. Under `torchrun` every process runs it; the metrics come back in the main one (None elsewhere)."
+    out, device = Path(out), get_device(device)
+    init_distributed(device)
     seed_everything(seed)
     shapes_kw = {**SHAPES_DEFAULT, **(shapes_kw or {})} if shapes else {}
-    splits = load_caption_data(data, flickr8k, shapes, seed=seed, **shapes_kw)
+    if limit: shapes_kw = {k: min(v, limit) if k.startswith('n_') else v for k, v in shapes_kw.items()}   # generate only those
+    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=seed, limit=limit, **shapes_kw)
     ck = _checkpoint_dir(out) if resume else None
-    if resume and ck is None: print(f'capseg: {out}: no checkpoint to resume from; starting afresh', file=sys.stderr)
+    if resume and ck is None and is_main_process(): print(f'capseg: {out}: no checkpoint to resume from; starting afresh', file=sys.stderr)
     cap = load_captioner(ck or model, [c for it in splits['train'] for c in it.captions])
-    given = TrainConfig(epochs, batch_size, lr, accum=accum, amp=amp, freeze_encoder=freeze_encoder, seed=seed)
+    given = TrainConfig(epochs, batch_size, lr, accum=accum, amp=amp, freeze_encoder=freeze_encoder, early_stop=early_stop, seed=seed)
     if ck:   # what this run does not say comes from the interrupted run
         saved = TrainConfig(**_load_state(ck)['config'])
-        given = replace(saved, **{k: getattr(given, k) for k in ('epochs', 'batch_size', 'lr') if getattr(given, k) is not None})
+        given = replace(saved, **{k: getattr(given, k) for k in ('epochs', 'batch_size', 'lr', 'early_stop') if getattr(given, k) is not None})
     cfg = given.for_model(cap.tiny)
     tf = ImageTransform(cap.processor)
     dss = {s: CaptionDataset(splits[s], tf, cap.tokenizer, seed=seed, desc=s) for s in ('train', 'val', 'test')}
     if not len(dss['train']): raise CapsegError('no readable training images')
     if not len(dss['test']): raise CapsegError('no readable test images')
     source = {'data': str(data) if data else None, 'flickr8k': str(flickr8k) if flickr8k else None,
-              'shapes': shapes_kw or None, 'seed': seed, 'model': str(model)}
-    hist, seconds = fit(cap, dss['train'], dss['val'], out, cfg, resume=ck is not None, device=device, source=source)
+              'karpathy': str(karpathy) if karpathy else None, 'images': str(images) if images else None,
+              'shapes': shapes_kw or None, 'limit': limit, 'seed': seed, 'model': str(model)}
+    generate_kw = dict(num_beams=num_beams, max_new_tokens=max_new_tokens)
+    hist, seconds = fit(cap, dss['train'], dss['val'], out, cfg, resume=ck is not None, device=device, source=source,
+                        generate_kw=generate_kw)
+    barrier()   # the main process has written best/
+    if best := _written(out/'best'): cap = load_captioner(best)
     t0 = time.time()
-    metrics, samples = score_dataset(cap, dss['test'], device=device, num_beams=num_beams, max_new_tokens=max_new_tokens)
+    metrics, samples = score_dataset(cap, dss['test'], device=device, **generate_kw)
+    if not is_main_process(): return None
     metrics.update(n_images=len(dss['test']), skipped_images=sum(len(d.skipped) for d in dss.values()),
                    skipped_by_split={s: len(d.skipped) for s, d in dss.items()}, train_seconds=round(seconds, 1),
-                   eval_seconds=round(time.time() - t0, 1), epochs=cfg.epochs, model=str(model),
-                   amp=resolve_amp(get_device(device), cfg.amp, n_params(cap.model)), history=hist.to_dict())
+                   eval_seconds=round(time.time() - t0, 1), epochs=hist.epochs,
+                   best_epoch=load_json(best/'capseg.json')['epoch'] if best else None, world_size=world_size(),
+                   model=str(model), amp=resolve_amp(device, cfg.amp, n_params(cap.model)), history=hist.to_dict())
     _write_outputs(out, dss['test'], samples, hist)
     save_json(metrics, out/'metrics.json')
     return metrics
 
-def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, split: str = 'test',
-             out: str | Path | None = None, device=None, num_beams: int = 5, max_new_tokens: int = 30) -> dict:
-    "BLEU-1..4, CIDEr (and attribute accuracy on shapes) of a trained model on a whole split; writes `metrics.json`."
+def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None,
+             split: str = 'test', out: str | Path | None = None, limit: int | None = None, device=None, num_beams: int = 5,
+             max_new_tokens: int = 30) -> dict | None:
+    "The caption metrics of a trained model (its `best/` when it has one) on a whole split, the images shared out among the processes; writes `metrics.json` (the main process; None elsewhere)."
     model = Path(model)
     cap = load_captioner(model)
     d = _model_dir(model)
     source = load_json(d/'capseg.json') if (d/'capseg.json').is_file() else {}
     shapes_kw = {**SHAPES_DEFAULT, **(source.get('shapes') or {})} if shapes else {}
-    splits = load_caption_data(data, flickr8k, shapes, seed=source.get('seed', 0), **shapes_kw)
+    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=source.get('seed', 0), limit=limit, **shapes_kw)
     ds = CaptionDataset(splits[split], ImageTransform(cap.processor), cap.tokenizer, desc=split)
     if not len(ds): raise CapsegError(f'no readable images in the {split} split')
     t0 = time.time()
     metrics, samples = score_dataset(cap, ds, device=device, num_beams=num_beams, max_new_tokens=max_new_tokens)
-    trained = _load_state(d).get('train_seconds', 0.0) if (d/'trainer_state.pt').is_file() else 0.0
-    metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split, train_seconds=round(trained, 1),
-                   eval_seconds=round(time.time() - t0, 1), model=str(model))
+    if not is_main_process(): return None
+    ck = _checkpoint_dir(model) or (d if (d/'trainer_state.pt').is_file() else None)
+    metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split,
+                   train_seconds=round(_load_state(ck).get('train_seconds', 0.0), 1) if ck else 0.0,
+                   eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d), world_size=world_size())
     out = Path(out) if out else model
     _write_outputs(out, ds, samples, None)
     save_json(metrics, out/'metrics.json')

@@ -16,10 +16,11 @@ from PIL import Image, ImageDraw
 from .core import CapsegError, atomic_write, progress, save_json
 
 # %% auto #0
-__all__ = ['SPLITS', 'FLICKR8K_URLS', 'FLICKR8K_SPLIT_FILES', 'COLOURS', 'SHAPE_NAMES', 'CaptionItem', 'load_image',
-           'clean_caption', 'parse_flickr8k_tokens', 'read_image_list', 'find_flickr8k', 'download_flickr8k',
-           'load_flickr8k', 'write_seed_json', 'read_caption_json', 'load_caption_folder', 'save_caption_folder',
-           'paint_shape', 'captioned_shapes', 'caption_objects', 'load_caption_data']
+__all__ = ['SPLITS', 'FLICKR8K_URLS', 'FLICKR8K_SPLIT_FILES', 'KARPATHY_SPLITS', 'COLOURS', 'SHAPE_NAMES', 'CaptionItem',
+           'load_image', 'clean_caption', 'parse_flickr8k_tokens', 'read_image_list', 'find_flickr8k',
+           'download_flickr8k', 'load_flickr8k', 'write_seed_json', 'load_karpathy', 'read_caption_json',
+           'load_caption_folder', 'save_caption_folder', 'paint_shape', 'captioned_shapes', 'caption_objects',
+           'load_caption_data']
 
 # %% ../nbs/03_caption_data.ipynb #33273221
 SPLITS = ('train', 'val', 'test')
@@ -158,6 +159,33 @@ def write_seed_json(splits: dict[str, list[CaptionItem]], out: str | Path) -> Pa
     for split, items in splits.items(): save_json([it.to_json() for it in items], out/f'{split}.json')
     save_json([it.to_json() for s in SPLITS for it in splits.get(s, [])], out/'captions.json')
     return out
+
+# %% ../nbs/03_caption_data.ipynb #2b401646
+KARPATHY_SPLITS = {'train': 'train', 'restval': 'train', 'val': 'val', 'test': 'test'}
+
+def load_karpathy(path: str | Path, images: str | Path) -> dict[str, list[CaptionItem]]:
+    "The train/val/test splits of a Karpathy split file (`restval` joins train); the image files, under `images`, are opened later."
+    path, images = Path(path), Path(images)
+    try: data = json.loads(path.read_text(encoding='utf-8'))
+    except FileNotFoundError: raise CapsegError(f'{path}: no such file') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CapsegError(f'{path}: not valid JSON ({e})') from None
+    if not (isinstance(data, dict) and isinstance(data.get('images'), list)):
+        raise CapsegError(f'{path}: not a Karpathy split file (no "images" list)')
+    if not images.is_dir(): raise CapsegError(f'{images}: no such image folder')
+    folders, splits = {}, {s: [] for s in SPLITS}
+    for i, d in enumerate(data['images']):
+        try:
+            split, name, sub = KARPATHY_SPLITS[d['split']], d['filename'], d.get('filepath') or ''
+            caps = [s['raw'] for s in d['sentences']]
+            ok = isinstance(name, str) and isinstance(sub, str) and caps and all(isinstance(c, str) and c.strip() for c in caps)
+        except (KeyError, TypeError, AttributeError): ok = False
+        if not ok: raise CapsegError(f'{path}: image {i} needs "filename", "split" (train, val, test or restval) and '
+                                     f'"sentences" with "raw" captions; got {str(d)[:80]}')
+        if sub not in folders: folders[sub] = images/sub if sub and (images/sub).is_dir() else images   # COCO: train2014/, val2014/
+        splits[split].append(CaptionItem(name, caps, path=folders[sub]/name))
+    for s in ('train', 'test'):
+        if not splits[s]: raise CapsegError(f'{path}: no {s} images')
+    return splits
 
 # %% ../nbs/03_caption_data.ipynb #54d40123
 def read_caption_json(path: str | Path) -> list[dict]:
@@ -299,10 +327,15 @@ def caption_objects(caption: str) -> list[tuple[str | None, str]]:
 
 # %% ../nbs/03_caption_data.ipynb #c3ddfc79
 def load_caption_data(data: str | Path | None = None, flickr8k: str | Path | None = None, shapes: bool = False,
-                      seed: int = 0, **shape_kw) -> dict[str, list[CaptionItem]]:
-    "The splits of one of the three sources: a caption folder, Flickr8k (downloaded when missing), or generated shapes."
-    if [data is not None, flickr8k is not None, bool(shapes)].count(True) != 1:
-        raise CapsegError('give exactly one of --data, --flickr8k, --shapes')
-    if shapes: return captioned_shapes(seed=seed, **shape_kw)
-    if flickr8k is not None: return load_flickr8k(flickr8k)
-    return load_caption_folder(data, seed=seed)
+                      karpathy: str | Path | None = None, images: str | Path | None = None, seed: int = 0,
+                      limit: int | None = None, **shape_kw) -> dict[str, list[CaptionItem]]:
+    "The splits of one source -- a caption folder, Flickr8k (downloaded when missing), a Karpathy split file with its `images` folder, or generated shapes -- each cut to its first `limit` images."
+    if [data is not None, flickr8k is not None, karpathy is not None, bool(shapes)].count(True) != 1:
+        raise CapsegError('give exactly one of --data, --flickr8k, --karpathy, --shapes')
+    if (karpathy is None) != (images is None): raise CapsegError('--karpathy JSON and --images DIR go together')
+    if limit is not None and limit < 1: raise CapsegError(f'--limit must be at least 1, not {limit}')
+    if shapes: splits = captioned_shapes(seed=seed, **shape_kw)
+    elif flickr8k is not None: splits = load_flickr8k(flickr8k)
+    elif karpathy is not None: splits = load_karpathy(karpathy, images)
+    else: splits = load_caption_folder(data, seed=seed)
+    return {s: items[:limit] for s, items in splits.items()}

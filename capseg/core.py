@@ -139,5 +139,5 @@ class History:
 
 # %% ../nbs/00_core.ipynb #8f280875
 def progress(iterable=None, **kwargs):
-    "A tqdm progress bar that stays quiet when stderr is not a TTY."
-    return tqdm(iterable, disable=None, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
+    "A tqdm progress bar that stays quiet when stderr is not a TTY, and in every process but the main one."
+    return tqdm(iterable, disable=None if is_main_process() else True, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
