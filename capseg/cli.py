@@ -212,11 +212,14 @@ def headline(m: dict) -> tuple[str, str]:
         scores.append(f"attributes {100 * m['attribute_accuracy']:.1f} %")
     return ' · '.join(scores), ''
 
-def _selection(sel) -> str:
-    "How a setting was chosen, from a `selection` record: a string, or a dict with a method, rule or reason."
-    if isinstance(sel, str): return sel
-    keys = ('method', 'rule', 'how', 'reason', 'by')
-    return next((sel[k] for k in keys if isinstance(sel.get(k), str)), '') if isinstance(sel, dict) else ''
+def _network(m: dict) -> str:
+    "The network a segmentation run kept, and how: 'network 8/16/32, the lowest held-out risk of 2'."
+    sel, widths = m.get('selection'), m.get('widths')
+    if not isinstance(widths, list): return ''
+    net = 'network ' + '/'.join(map(str, widths))
+    if isinstance(sel, dict) and isinstance(sel.get('candidates'), list):
+        net += f", the lowest held-out risk of {len(sel['candidates'])}"
+    return net
 
 def _figures(folder) -> list[str]:
     return sorted(str(p) for p in Path(folder).glob('*.png')) if folder is not None and Path(folder).is_dir() else []
@@ -235,11 +238,12 @@ def summary(metrics: dict, out=None, title: str | None = None) -> str:
     if baseline and _num(m.get('test_iou'), 'g') and _num(m.get('baseline_test_iou'), 'g'):
         baseline += f" ({m['test_iou'] - m['baseline_test_iou']:+.1f} points)"
     rows['result'] = _join([result, baseline and f'baseline {baseline}'], '   ')
-    how = _selection(m.get('selection'))
-    alpha = _num(m.get('alpha'), '.3g') and _join([f"alpha {m['alpha']:.3g}", how and f'({how})'], ' ')
+    rule = m.get('alpha_rule') if isinstance(m.get('alpha_rule'), str) and m.get('alpha_rule') != 'given' else ''
+    alpha = _num(m.get('alpha'), '.3g') and _join([f"alpha {m['alpha']:.3g}", rule and f'({rule})'], ' ')
+    stop = ' (stopped early)' if m.get('stopped_early') is True else ''
     rows['recipe'] = _join([f"arch {m['arch']}" if m.get('arch') else f"model {m['model']}" if m.get('model') else '',
-                            _count(m.get('epochs'), 'epoch', 'epochs'),
-                            _num(m.get('best_epoch'), 'd') and f"best epoch {m['best_epoch']}", alpha])
+                            _count(m.get('epochs'), 'epoch', 'epochs') + stop,
+                            _num(m.get('best_epoch'), 'd') and f"best epoch {m['best_epoch']}", alpha, _network(m)])
     procs = m.get('world_size')
     rows['time'] = _join([_num(m.get('train_seconds'), '.1f', ' s training'),
                           _num(m.get('eval_seconds'), '.1f', ' s captioning'),

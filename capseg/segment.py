@@ -25,12 +25,13 @@ from .data import SegData, load_seg_npz, make_shapes
 from .plot import image_grid, plot_curves
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'IMAGE_SUFFIXES', 'BENCH_METHODS', 'region_means', 'chan_vese_loss',
-           'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou', 'RandomRot90', 'seg_transforms',
-           'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer',
-           'normalize', 'infer', 'score', 'images_per_second', 'blur_otsu', 'baseline_scores', 'noise_sigma',
-           'piecewise_constant', 'sure_risk', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate',
-           'read_grey', 'predict', 'bench_table']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'IMAGE_SUFFIXES', 'BENCH_METHODS', 'SWEEP_METHODS',
+           'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou',
+           'RandomRot90', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet',
+           'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'images_per_second', 'blur_otsu',
+           'chan_vese_classic', 'baseline_scores', 'noise_sigma', 'piecewise_constant', 'sure_risk', 'cpu_threads',
+           'model_record', 'train', 'load_model', 'evaluate', 'read_grey', 'predict', 'bench_table', 'sweep_summary',
+           'sweep_table', 'plot_sweep']
 
 # %% ../nbs/02_segment.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -194,7 +195,7 @@ ARCHS = {
     'seed': Recipe('SeedNet', (64, 128, 256), 'sgd', lr=0.1, momentum=0.9, weight_decay=1e-3, alpha=1e-3,
                    batch_size=32, epochs=275, augment='seed', normalize=False),
     'default': Recipe('CVNet', (8, 16, 32), 'adamw', lr=1e-2, weight_decay=1e-4, schedule='onecycle', alpha='auto',
-                      kappa=1.0, alpha_ramp=0.15, batch_size=64, epochs=300, steps=420, augment='dihedral',
+                      kappa=0.5, alpha_ramp=0.3, batch_size=64, epochs=300, steps=420, augment='dihedral',
                       normalize=True, threads=1, holdout=0.1, screen=0.25, patience=8,
                       candidates=((8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 64))),
 }
@@ -265,14 +266,21 @@ def blur_otsu(images, sigma: float = 1.5) -> np.ndarray:
         out.append(b > threshold_otsu(b) if np.ptp(b) > 0 else np.zeros(b.shape, bool))
     return np.stack(out).astype(np.uint8)
 
-def baseline_scores(images, masks, sigma: float = 1.5) -> dict:
-    "Flip-invariant IoU (batch-level and per-image, %) and seconds of the blur + Otsu baseline."
+def chan_vese_classic(images, **kwargs) -> np.ndarray:
+    "Baseline: scikit-image's level-set Chan–Vese per image (its defaults unless `kwargs` say otherwise); uint8 masks."
+    from skimage.segmentation import chan_vese
+    return np.stack([chan_vese(im, **kwargs) for im in np.asarray(images, dtype=np.float64)]).astype(np.uint8)
+
+BASELINES = {'blur_otsu': blur_otsu, 'chan_vese': chan_vese_classic}
+
+def baseline_scores(images, masks, method: str = 'blur_otsu') -> dict:
+    "Flip-invariant IoU (batch-level and per-image, %), seconds and images/s of a classical `method` of `BASELINES`."
     t = time.perf_counter()
-    pred = torch.as_tensor(blur_otsu(images, sigma)).float()[:, None]
+    pred = torch.as_tensor(BASELINES[method](images)).float()[:, None]
     seconds = time.perf_counter() - t
     s = score(torch.zeros_like(pred), pred, masks, 0.0)
-    return dict(iou=s['iou_batch_level'], iou_per_image=s['iou_per_image'], seconds=seconds,
-                images_per_s=len(pred) / seconds, sigma=sigma)
+    return dict(test_iou=s['iou_batch_level'], test_iou_per_image=s['iou_per_image'], seconds=seconds,
+                inference_images_per_s=len(pred) / seconds, method=method)
 
 # %% ../nbs/02_segment.ipynb #6ac8a250
 def noise_sigma(images) -> np.ndarray:
@@ -536,7 +544,7 @@ def _finish(model, recipe, d, norm, history, out, arch, seed, supervised, train_
         test_iou=te['iou_batch_level'], test_iou_per_image=te['iou_per_image'],
         train_iou=tr['iou_batch_level'], train_iou_per_image=tr['iou_per_image'],
         test_loss=float(np.mean(te['loss'])), test_flipped_batches=te['flipped_batches'],
-        baseline_test_iou=base['iou'], baseline_test_iou_per_image=base['iou_per_image'],
+        baseline_test_iou=base['test_iou'], baseline_test_iou_per_image=base['test_iou_per_image'],
         train_seconds=train_seconds, train_cpu_seconds=cpu_seconds, wall_seconds=None,
         inference_images_per_s=speed, epochs=history.epochs, arch=arch, supervised=supervised, seed=seed,
         alpha=alpha, widths=list(widths), **{k: v for k, v in auto.items() if k != 'alpha'}, recipe=asdict(recipe), foreground='p < 0.5' if background_high else 'p > 0.5',
@@ -582,7 +590,7 @@ def _evaluate(d, net, rec, model, out):
     base = baseline_scores(d.image_test, d.mask_test)
     result = dict(test_iou=s['iou_batch_level'], test_iou_per_image=s['iou_per_image'],
                   test_loss=float(np.mean(s['loss'])), test_flipped_batches=s['flipped_batches'],
-                  baseline_test_iou=base['iou'], baseline_test_iou_per_image=base['iou_per_image'],
+                  baseline_test_iou=base['test_iou'], baseline_test_iou_per_image=base['test_iou_per_image'],
                   inference_images_per_s=images_per_second(net, x), n_test=len(x), data=d.source, model=str(model))
     target = Path(out or model) / 'metrics.json'
     if out is None and target.exists():       # keep the training record beside the evaluation
@@ -674,3 +682,46 @@ def bench_table(results: dict) -> str:
                         f"{fmt(r.get('test_iou_per_image'), '.2f')} | {fmt(r.get('train_seconds'), '.1f')} | "
                         f"{fmt(r.get('train_cpu_seconds'), '.1f')} | {fmt(r.get('inference_images_per_s'), ',.0f')} |")
     return '\n'.join(rows)
+
+# %% ../nbs/02_segment.ipynb #062c3857
+SWEEP_METHODS = {'default': 'capseg default', 'seed_60': 'seed pipeline, 60 epochs', 'blur_otsu': 'blur + Otsu',
+                 'chan_vese': 'scikit-image chan_vese', 'supervised': 'supervised ceiling (masks)'}
+
+def sweep_summary(results: dict) -> dict:
+    "`{setting: {method: {noise: (mean, std, n)}}}` of the test IoU over data seeds, from `segment_sweep.json`."
+    groups = {}
+    for r in results['runs'].values():
+        groups.setdefault(r['setting'], {}).setdefault(r['method'], {}).setdefault(r['noise'], []).append(r['test_iou'])
+    return {s: {m: {n: (float(np.mean(v)), float(np.std(v)), len(v)) for n, v in sorted(by.items())}
+                for m, by in methods.items()} for s, methods in groups.items()}
+
+def sweep_table(results: dict) -> str:
+    "The sweep as markdown: test IoU % (mean ± std over data seeds) per setting, method and noise σ."
+    out = []
+    for setting, methods in sweep_summary(results).items():
+        noises = sorted({n for by in methods.values() for n in by})
+        out += [f'\n**{setting}**\n', '| method | ' + ' | '.join(f'σ = {n:g}' for n in noises) + ' |',
+                '|---|' + '---:|' * len(noises)]
+        for key, label in SWEEP_METHODS.items():
+            if key not in methods: continue
+            cells = [f'{v[0]:.1f} ± {v[1]:.1f}' if (v := methods[key].get(n)) else '–' for n in noises]
+            out.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(out).strip()
+
+def plot_sweep(results: dict, path=None, setting: str = 'shapes'):
+    "Test IoU against the noise σ, one line per method with a ±std band over data seeds; a `Figure` (PNG at `path`)."
+    from matplotlib.figure import Figure
+    from capseg.plot import plot_band, save_png
+    fig = Figure(figsize=(6.5, 4.2), layout='constrained')
+    ax = fig.subplots()
+    summary = sweep_summary(results)[setting]
+    for key in [k for k in SWEEP_METHODS if k in summary]:
+        by = summary[key]
+        noises = sorted(by)
+        line = plot_band(ax, [by[n][0] for n in noises], [by[n][1] for n in noises], label=SWEEP_METHODS.get(key, key),
+                         x=noises)
+        line.set_marker('o')
+    n_seeds = max(v[2] for by in summary.values() for v in by.values())
+    ax.set(xlabel='noise σ (shape contrast 1)', ylabel='test IoU %', title=f'{setting}: mean ± std over {n_seeds} data seeds')
+    ax.grid(alpha=0.3); ax.legend()
+    return save_png(fig, path)

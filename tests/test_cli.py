@@ -64,15 +64,17 @@ def test_summary_reads_what_is_there(tmp_path):
     "Keys come and go between versions (alpha selection, METEOR, world_size ...): shown when there, never a crash."
     from capseg.cli import demo_table, summary
     assert summary({}) == ''
-    seg = summary({'test_iou': 90.04, 'baseline_test_iou': 83.6, 'alpha': 0.2, 'selection': {'method': 'held-out energy'},
+    seg = summary({'test_iou': 90.04, 'baseline_test_iou': 83.6, 'alpha': 0.2, 'alpha_rule': 'kappa 0.5 × noise variance',
+                   'widths': [8, 16, 32], 'selection': {'chosen': [8, 16, 32], 'candidates': [{}, {}]},
                    'epochs': 1, 'train_seconds': 3.0, 'history': {'x': [[1, 2]] * 100}})
-    assert 'test IoU 90.0 %' in seg and '(+6.4 points)' in seg and 'alpha 0.2 (held-out energy)' in seg and '1 epoch,' in seg
+    assert 'test IoU 90.0 %' in seg and '(+6.4 points)' in seg and 'alpha 0.2 (kappa 0.5 × noise variance)' in seg
+    assert '1 epoch,' in seg and 'network 8/16/32, the lowest held-out risk of 2' in seg
     assert 'history' not in seg and '[1, 2]' not in seg
     cap = summary({'bleu4': 0.2512, 'cider': 0.61, 'meteor': 0.2, 'rouge_l': None, 'world_size': 2, 'best_epoch': 3,
                    'n_images': 1000, 'attribute_accuracy': 0.998})
     assert 'BLEU-4 0.251 · CIDEr 0.610 · METEOR 0.200' in cap and 'ROUGE-L' not in cap
     assert '2 processes' in cap and 'best epoch 3' in cap and '1000 test images' in cap and 'attributes 99.8 %' in cap
-    for odd in ({'test_iou': None}, {'test_iou': 'n/a', 'baseline_test_iou': 80}, {'selection': 3, 'alpha': 'auto'},
+    for odd in ({'test_iou': None}, {'test_iou': 'n/a', 'baseline_test_iou': 80}, {'selection': 3, 'alpha': 'auto', 'widths': 'x'}, {'widths': [8], 'selection': {'candidates': 2}},
                 {'world_size': '2', 'epochs': None, 'skipped_images': 0}):
         summary(odd, tmp_path, 'title')
     for job in ('segment', 'caption'): (tmp_path/job).mkdir()

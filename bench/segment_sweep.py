@@ -1,0 +1,103 @@
+"""Segmentation sweep: test IoU against the noise level, on data the default was not tuned on.
+
+For each noise σ in {0.25, 0.5, 0.75, 1.0} and each of three data seeds (100, 101, 102 — the default's settings were
+worked out on seeds 0 and 10–21), 1000 + 1000 noisy shapes (`make_shapes`), and for each method:
+
+  default     capseg's default recipe, all automatic (alpha from the noise level, network screened by held-out SURE)
+  seed_60     the seed's pipeline (SEED_FACTS.md: its network, init, SGD settings, batch 32, alpha 0.001,
+              augmentation) for 60 epochs
+  blur_otsu   Gaussian blur (σ 1.5 px) + Otsu's threshold per image
+  chan_vese   skimage.segmentation.chan_vese per image, its default parameters (mu 0.25, 500 iterations)
+  supervised  the network the default chose, trained on the masks with binary cross-entropy (a ceiling, for
+              reference only: no other method sees a mask)
+
+and, on other generators (`OTHER`: several shapes, dark shapes on a grey background with varied contrast, 64×64
+images with larger shapes), the default, blur + Otsu and chan_vese at σ 0.5 and 1.0 for two seeds.
+
+Every result is written to bench/results/segment_sweep.json as soon as it exists, and a rerun skips what is there
+(`--fresh` starts over), so an interrupted sweep loses at most one training run. The plot, IoU against σ with a
+±std band over seeds per method, goes to bench/results/segment_sweep.png.
+Usage: python bench/segment_sweep.py [--quick] [--fresh]   (about 2 hours on 2 CPU cores; --quick: minutes)
+"""
+import os
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')    # before torch: idle OpenMP threads sleep instead of spinning
+
+import argparse, platform, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from capseg.core import load_json, save_json
+from capseg.data import make_shapes
+from capseg.segment import baseline_scores, plot_sweep, sweep_table, train
+
+NOISES, SEEDS = (0.25, 0.5, 0.75, 1.0), (100, 101, 102)
+OTHER = {'1-3 shapes, sizes ×0.6–1.3': dict(n_shapes=(1, 3), scale=(0.6, 1.3)),
+         'dark on grey, contrast 0.5–1.5': dict(polarity='dark', background=0.5, contrast=(0.5, 1.5)),
+         '64×64': dict(size=64)}
+KEEP = ('test_iou', 'test_iou_per_image', 'train_seconds', 'wall_seconds', 'inference_images_per_s', 'epochs',
+        'alpha', 'noise_sigma', 'widths', 'best_epoch', 'selection')
+
+
+def methods(data, out: Path, quick: bool) -> dict:
+    "name → a function that trains or runs the method on `data` and returns its scores."
+    short = dict(epochs=2) if quick else {}
+    default = lambda: train(data, out=out / 'default', device='cpu', figures=False, **short)
+    def supervised():
+        chosen = load_json(out / 'default' / 'metrics.json')['widths']
+        return train(data, out=out / 'supervised', device='cpu', figures=False, supervised=True, widths=chosen, **short)
+    return {'default': default,
+            'seed_60': lambda: train(data, out=out / 'seed', arch='seed', epochs=2 if quick else 60, device='cpu',
+                                     figures=False),
+            'blur_otsu': lambda: baseline_scores(data.image_test, data.mask_test),
+            'chan_vese': lambda: baseline_scores(data.image_test[:64] if quick else data.image_test,
+                                                 data.mask_test[:64] if quick else data.mask_test, 'chan_vese'),
+            'supervised': supervised}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--quick', action='store_true', help='smoke test: 2 epochs, one seed, two noise levels')
+    ap.add_argument('--fresh', action='store_true', help='ignore earlier results')
+    ap.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'segment_sweep.json')
+    ap.add_argument('--runs', type=Path, default=ROOT / 'runs' / 'bench_sweep', help='training runs go here')
+    a = ap.parse_args(argv)
+    res = {} if a.fresh or not a.results.exists() else load_json(a.results)
+    res.setdefault('runs', {})
+    res.update(machine=dict(cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
+                            processor=platform.processor() or platform.machine(),
+                            omp_wait_policy=os.environ.get('OMP_WAIT_POLICY')),
+               settings=dict(noises=NOISES, seeds=SEEDS, n_train=1000, n_test=1000, other=OTHER, quick=a.quick,
+                             seed_pipeline='SEED_FACTS.md: SeedNet 64/128/256, Xavier init with biases 1, SGD lr 0.1 '
+                                           'momentum 0.9 weight decay 1e-3, batch 32, alpha 0.001, 60 epochs'),
+               iou='flip-invariant IoU in %, threshold 0.5, flip chosen per batch of 32 test images (the seed\'s)')
+    grid = [('shapes', {}, n, s, m) for n in NOISES for s in SEEDS for m in ('default', 'supervised', 'seed_60',
+                                                                                'blur_otsu', 'chan_vese')]
+    grid += [(name, gen, n, s, m) for name, gen in OTHER.items() for n in (0.5, 1.0) for s in SEEDS[:2]
+             for m in ('default', 'blur_otsu', 'chan_vese')]
+    if a.quick: grid = [g for g in grid if g[2] in (0.5, 1.0) and g[3] == SEEDS[0]]
+    t0 = time.perf_counter()
+    for setting, gen, noise, seed, method in grid:
+        key = f'{setting}|{noise}|{seed}|{method}'
+        if key in res['runs']: continue
+        data = make_shapes(noise=noise, seed=seed, **gen)
+        out = a.runs / setting.replace(' ', '_').replace('×', 'x') / f'noise{noise}_seed{seed}'
+        load, t = os.getloadavg()[0], time.perf_counter()
+        r = methods(data, out, a.quick)[method]()
+        r = {k: r[k] for k in KEEP if k in r} | dict(setting=setting, noise=noise, seed=seed, method=method,
+                                                      seconds=time.perf_counter() - t, load_average=round(load, 2))
+        res['runs'][key] = r
+        res['seconds'] = res.get('seconds', 0) + time.perf_counter() - t
+        save_json(res, a.results)
+        print(f"{setting:32s} σ {noise:<4} seed {seed} {method:10s} IoU {r['test_iou']:6.2f}  ({r['seconds']:.0f} s, "
+              f"load {load:.1f})", flush=True)
+    plot_sweep(res, a.results.with_suffix('.png'))
+    print(sweep_table(res))
+    print(f'\n{(time.perf_counter() - t0) / 60:.1f} min this run')
+
+
+if __name__ == '__main__':
+    main()
