@@ -39,6 +39,7 @@ test: check-export test-nbs docs browser test-py
 
 bench: install
 	$(BIN)/python bench/segment.py
+	$(BIN)/python bench/segment_sweep.py
 	$(BIN)/python bench/caption.py
 
 # nbdev-docs needs Quarto; where it is missing (this offline machine) render nbdev's processed notebooks with nbconvert
