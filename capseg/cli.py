@@ -37,10 +37,7 @@ def _segment_parser(sub):
     p.add_argument('--model', type=Path, required=True, help='folder written by `segment train`')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     _json_flag(p)
-    p = seg.add_parser('predict', help='segment images (PNG/JPEG files or an npz)')
-    p.add_argument('--model', type=Path, required=True)
-    p.add_argument('inputs', nargs='+', type=Path, metavar='IMAGE_OR_NPZ')
-    p.add_argument('--out', type=Path, help='folder for the predicted masks (default: print only)')
+    _predict_parser(seg, 'segment')
 
 # %% ../nbs/07_cli.ipynb #ca86bf61
 def _caption_parser(sub):
@@ -65,9 +62,45 @@ def _caption_parser(sub):
     p.add_argument('--split', default='test', choices=['train', 'val', 'test'])
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     _json_flag(p)
-    p = cap.add_parser('predict', help='caption images')
-    p.add_argument('--model', type=Path, required=True)
-    p.add_argument('images', nargs='+', type=Path, metavar='IMAGE')
+    _predict_parser(cap, 'caption')
+
+# %% ../nbs/07_cli.ipynb #8ea32e5d
+from .core import is_main_process, world_size
+from .predict import RESULTS, Predictions
+
+# %% ../nbs/07_cli.ipynb #129c5ef0
+def _predict_parser(job_subparsers, job: str):
+    "`capseg JOB predict`: the same inputs, output and loader options for both jobs."
+    segment = job == 'segment'
+    p = job_subparsers.add_parser('predict', help=f'{job} images: files, folders, globs' + (', npz files' if segment else ''))
+    p.add_argument('--model', type=Path, required=True, help=f'folder written by `capseg {job} train`')
+    p.add_argument('inputs', nargs='+', metavar='IMAGE_OR_NPZ' if segment else 'IMAGE',
+                   help='image files, folders (searched recursively), quoted glob patterns' + (', npz files' if segment else ''))
+    p.add_argument('--out', type=Path, help='folder for predictions.jsonl' + (' and masks/' if segment else '')
+                   + '; a rerun skips the inputs done there (default: print a line per image)')
+    p.add_argument('--batch-size', type=int, default=argparse.SUPPRESS, help=f'images per batch (default {256 if segment else 32})')
+    p.add_argument('--workers', type=int, default=argparse.SUPPRESS, help='processes reading images (default: one per core, up to 4)')
+
+def _print_predictions(preds: Predictions) -> int:
+    "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."
+    main = is_main_process()
+    try:
+        for r in preds:
+            if preds.out is not None or not main: continue
+            if 'error' in r: print(f"capseg: {r['path']}{'[%d]' % r['index'] if 'index' in r else ''}: {r['error']}", file=sys.stderr)
+            else: print(preds.format(r), flush=True)
+    except KeyboardInterrupt:
+        print('capseg: interrupted' + (f'; run the same command again to go on from {preds.out / RESULTS}' if preds.out else ''),
+              file=sys.stderr)
+        return 130
+    failed = preds.failed + preds.failed_before
+    if main and preds.out is not None:
+        print(f'{preds.out / RESULTS}: {preds.predicted} predicted, {preds.failed} failed, {preds.done_before} done before '
+              f'({preds.total} inputs' + (f', {world_size()} processes)' if world_size() > 1 else ')'))
+    if main and failed:
+        print(f'capseg: {failed} of {preds.total} inputs failed' + (f' ({preds.failed_before} in an earlier run)' if preds.failed_before else '')
+              + (f'; see the "error" records in {preds.out / RESULTS}' if preds.out else ''), file=sys.stderr)
+    return 1 if failed else 0
 
 # %% ../nbs/07_cli.ipynb #320dd72a
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +160,10 @@ def _print(result, as_json: bool = False):
 def main(argv: list[str] | None = None):
     "Entry point of the `capseg` console script."
     as_json = getattr(build_parser().parse_args(argv), 'json', False)
-    try: _print(run(argv), as_json)
+    try:
+        result = run(argv)
+        if isinstance(result, Predictions): sys.exit(_print_predictions(result))   # exit 1: some inputs failed
+        _print(result, as_json)
     except CapsegError as e:
         print(f'capseg: error: {e}', file=sys.stderr)
         sys.exit(2)
