@@ -460,7 +460,7 @@ def predict(model, inputs, out=None, device=None, batch_size: int = 32, workers:
         captions = generate_captions(cap, torch.from_numpy(np.stack(pixels)), batch_size=len(pixels),
                                      num_beams=num_beams, max_new_tokens=max_new_tokens, device=device, bar=False)
         return [{'caption': c} for c in captions]
-    items = expand_inputs(inputs)
+    items = expand_inputs(inputs, skip=out)
     line = (lambda r: r['caption']) if len(items) == 1 else (lambda r: f"{r['path']}\t{r['caption']}")
     return Predictions(items, partial(_caption_pixels, transform=ImageTransform(cap.processor)), caption_batch, out=out,
                        batch_size=batch_size, workers=workers, device=device, job='caption', model=cap.source,

@@ -47,22 +47,23 @@ def record_id(record: dict) -> tuple:
     "The input a result record is about (what `Item.id` is for its item)."
     return (record['path'], record.get('index'))
 
-# %% ../nbs/08_predict.ipynb #9b9dca1f
-def _walk(folder: str) -> list[str]:
-    "Image files under `folder`, recursively, in sorted order; hidden files and folders are skipped."
+# %% ../nbs/08_predict.ipynb #08d395dc
+def _walk(folder: str, skip: str | None = None) -> list[str]:
+    "Image files under `folder`, recursively, in sorted order; hidden files and folders, and folder `skip`, left out."
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and os.path.abspath(os.path.join(root, d)) != skip)
         found += [os.path.join(root, f) for f in sorted(files)
                   if not f.startswith('.') and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
     return found
 
-def _find(arg: str) -> list[tuple[str, str | None]]:
+def _find(arg: str, skip: str | None = None) -> list[tuple[str, str | None]]:
     "(path, error) pairs for one input argument."
-    if os.path.isdir(arg): return [(p, None) for p in _walk(arg)] or [(arg, 'no image files in this folder')]
+    if os.path.isdir(arg): return [(p, None) for p in _walk(arg, skip)] or [(arg, 'no image files in this folder')]
     if os.path.exists(arg): return [(arg, None)]
     if any(c in arg for c in '*?['):
-        found = [p for m in sorted(glob.glob(arg, recursive=True)) for p in (_walk(m) if os.path.isdir(m) else [m])]
+        found = [p for m in sorted(glob.glob(arg, recursive=True)) for p in (_walk(m, skip) if os.path.isdir(m) else [m])
+                 if not (skip and os.path.abspath(p).startswith(skip + os.sep))]
         return [(p, None) for p in found] or [(arg, 'no file matches this pattern')]
     return [(arg, 'no such file or folder')]
 
@@ -76,13 +77,15 @@ def _names(paths: list[str]) -> list[str]:
     count = Counter(stems)
     return [s if count[s] == 1 else r for s, r in zip(stems, rel)]
 
-def expand_inputs(inputs, npz: bool = False) -> list[Item]:
+def expand_inputs(inputs, npz: bool = False, skip=None) -> list[Item]:
     """The inputs — files, folders (image files found recursively) and glob patterns — as `Item`s in order, each file
-    once; with `npz`, an `.npz` file gives one item per image. An input that finds nothing is an item with an `error`."""
+    once; with `npz`, an `.npz` file gives one item per image. An input that finds nothing is an item with an `error`.
+    Searches leave out folder `skip` (the output folder: a rerun must not take the masks it wrote for inputs)."""
     if isinstance(inputs, (str, os.PathLike)): inputs = [inputs]
+    skip = None if skip is None else os.path.abspath(skip)
     found, seen = [], set()
     for arg in map(os.fspath, inputs):
-        for path, error in _find(arg):
+        for path, error in _find(arg, skip):
             path = os.path.normpath(path)
             if os.path.abspath(path) not in seen:
                 seen.add(os.path.abspath(path))
@@ -232,7 +235,7 @@ class _Loading(Dataset):
 def _model_id(model) -> str:
     return os.path.abspath(model) if isinstance(model, (str, os.PathLike)) and os.path.exists(model) else str(model)
 
-# %% ../nbs/08_predict.ipynb #3533010d
+# %% ../nbs/08_predict.ipynb #f432bd5b
 class Predictions:
     """The records of predicting `items`, streamed when iterated: `load(item)` reads one input (in a DataLoader worker)
     and `predict(items, images)` returns a dict of fields per image of a batch. With `out`, records are appended to
@@ -245,6 +248,7 @@ class Predictions:
                  format: Callable[[dict], str] = json.dumps, desc: str = 'predicting'):
         if not items: raise CapsegError('no inputs to predict')
         if batch_size < 1: raise CapsegError(f'--batch-size must be ≥ 1, not {batch_size}')
+        if workers is not None and workers < 0: raise CapsegError(f'--workers must be ≥ 0, not {workers}')
         if world_size() > 1 and out is None:
             raise CapsegError('under torchrun, give --out DIR: each process writes its share of the predictions there')
         self.items, self.load, self.predict, self.format, self.desc = items, load, predict, format, desc
@@ -261,7 +265,9 @@ class Predictions:
         if f.is_file() and (was := load_json(f)) != meta:
             raise CapsegError(f'{self.out} holds predictions made by `{was["job"]}` with model {was["model"]!r}; '
                               'give another --out')
-        if not f.is_file() and is_main_process(): save_json(meta, f)
+        try:
+            if not f.is_file() and is_main_process(): save_json(meta, f)
+        except OSError as e: raise CapsegError(f'--out {self.out}: cannot write there ({e.strerror})') from None
 
     def __repr__(self): return f'Predictions({self.total} inputs' + (f' → {self.out / RESULTS})' if self.out else ')')
 

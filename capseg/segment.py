@@ -26,11 +26,11 @@ from .data import SIZE_MULTIPLE, SegData, load_seg_npz, make_shapes
 from .plot import image_grid, plot_curves
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'ARCHS', 'NETS', 'BENCH_METHODS', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip',
-           'flip_invariant_iou', 'RandomRot90', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'SeedNet', 'CVNet',
-           'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'images_per_second', 'blur_otsu',
-           'baseline_scores', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate', 'read_grey', 'predict',
-           'bench_table']
+__all__ = ['IOU_BATCH', 'ARCHS', 'NETS', 'PREDICT_PIXELS', 'BENCH_METHODS', 'chan_vese_loss', 'iou_per_image', 'flip_ious',
+           'batch_flip', 'flip_invariant_iou', 'RandomRot90', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'SeedNet',
+           'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'images_per_second',
+           'blur_otsu', 'baseline_scores', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate',
+           'read_grey', 'predict', 'bench_table']
 
 # %% ../nbs/02_segment.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -455,6 +455,8 @@ def _load_grey(item: Item, png_scale: float = 1.0) -> np.ndarray:
     "An input in the units the network was trained in: an image file in [0, 1] × `png_scale`, an npz image as stored."
     return read_npz_image(item) if item.key else read_grey(item.path) * np.float32(png_scale)
 
+PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting: bounds the network's memory on large images
+
 def _segment_batch(net, rec, masks, items, images) -> list[dict]:
     "Each image's mask; images of one size go through the network together, padded to a multiple of 8 and cropped back."
     out, sizes = [None] * len(images), {}
@@ -463,14 +465,15 @@ def _segment_batch(net, rec, masks, items, images) -> list[dict]:
         x = normalize(np.stack([images[k] for k in ks]), rec['norm'])
         ph, pw = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE
         if ph or pw: x = F.pad(x, (0, pw, 0, ph), mode='replicate')
-        p = infer(net, x.contiguous(memory_format=torch.channels_last))[:, 0, :h, :w]
+        x = x.contiguous(memory_format=torch.channels_last)
+        p = infer(net, x, batch_size=max(1, PREDICT_PIXELS // (x.shape[2] * x.shape[3])))[:, 0, :h, :w]
         fg = (p < 0.5) if rec.get('flip') else (p > 0.5)
         for k, f, frac in zip(ks, fg.numpy(), fg.flatten(1).float().mean(1).tolist()):
             mask = f if masks is None else str(save_png(f.astype(np.uint8) * 255, masks / f'{items[k].name}.png'))
             out[k] = dict(mask=mask, foreground_fraction=round(frac, 6), height=h, width=w)
     return out
 
-def predict(model, inputs, out=None, device=None, batch_size: int = 256, workers: int | None = None) -> Predictions:
+def predict(model, inputs, out=None, device=None, batch_size: int = 64, workers: int | None = None) -> Predictions:
     """Segment image files (read as grey in [0, 1]), folders of them (searched recursively), glob patterns and npz files
     (array `images`, `image_test` or `image_train`, in their own units). Iterate the result for one record per input:
     `path` (and `index` in an npz), `mask` (a bool H×W array; with `out`, the 0/255 PNG written to `out/masks/`),
@@ -479,7 +482,7 @@ def predict(model, inputs, out=None, device=None, batch_size: int = 256, workers
     net, rec = load_model(model, device)
     net = net.to(memory_format=torch.channels_last)     # about 1.7× faster convolutions on a CPU
     masks = None if out is None else Path(out) / 'masks'
-    return Predictions(expand_inputs(inputs, npz=True), partial(_load_grey, png_scale=rec.get('png_scale', 1.0)),
+    return Predictions(expand_inputs(inputs, npz=True, skip=out), partial(_load_grey, png_scale=rec.get('png_scale', 1.0)),
                        partial(_segment_batch, net, rec, masks), out=out, batch_size=batch_size, workers=workers,
                        device=next(net.parameters()).device, threads=rec['recipe'].get('threads'), job='segment',
                        model=model, format=lambda r: json.dumps({k: v for k, v in r.items() if k != 'mask'}),
