@@ -79,7 +79,7 @@ def _predict_parser(job_subparsers, job: str):
     p.add_argument('--out', type=Path, help='folder for predictions.jsonl' + (' and masks/' if segment else '')
                    + '; a rerun skips the inputs done there (default: print a line per image)')
     p.add_argument('--batch-size', type=int, default=argparse.SUPPRESS, help=f'images per batch (default {64 if segment else 32})')
-    p.add_argument('--workers', type=int, default=argparse.SUPPRESS, help='processes reading images (default: one per core, up to 4)')
+    p.add_argument('--workers', type=int, default=argparse.SUPPRESS, help='processes reading images (default: one per core but one, up to 4)')
 
 def _print_predictions(preds: Predictions) -> int:
     "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."

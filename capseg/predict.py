@@ -155,18 +155,16 @@ def read_npz_image(item: Item) -> np.ndarray:
     if not np.isfinite(im).all(): raise CapsegError('NaN or infinite values')
     return im
 
-# %% ../nbs/08_predict.ipynb #142cd425
-def save_png(a: np.ndarray, path) -> Path:
-    "Write a uint8 H×W array as an 8-bit grey PNG (zlib level 1), creating its folder."
+# %% ../nbs/08_predict.ipynb #06f7a55f
+def save_png(a: np.ndarray, path: str) -> str:
+    "Write a uint8 H×W array as an 8-bit grey PNG (zlib level 1) into an existing folder."
     h, w = a.shape
     rows = np.zeros((h, w + 1), np.uint8)            # each row starts with its filter type, 0 (none)
     rows[:, 1:] = a
     chunk = lambda kind, data: struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
     png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 0, 0, 0, 0))
            + chunk(b'IDAT', zlib.compress(rows.tobytes(), 1)) + chunk(b'IEND', b''))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    with open(path, 'wb') as f: f.write(png)
     return path
 
 # %% ../nbs/08_predict.ipynb #94c7db1c
@@ -235,7 +233,7 @@ class _Loading(Dataset):
 def _model_id(model) -> str:
     return os.path.abspath(model) if isinstance(model, (str, os.PathLike)) and os.path.exists(model) else str(model)
 
-# %% ../nbs/08_predict.ipynb #f432bd5b
+# %% ../nbs/08_predict.ipynb #a4ec656d
 class Predictions:
     """The records of predicting `items`, streamed when iterated: `load(item)` reads one input (in a DataLoader worker)
     and `predict(items, images)` returns a dict of fields per image of a batch. With `out`, records are appended to
@@ -254,7 +252,7 @@ class Predictions:
         self.items, self.load, self.predict, self.format, self.desc = items, load, predict, format, desc
         self.out = None if out is None else Path(out)
         self.batch_size, self.device, self.threads = batch_size, device, threads
-        self.workers = max(1, min(4, (os.cpu_count() or 1) // world_size())) if workers is None else workers
+        self.workers = min(4, max(0, (os.cpu_count() or 1) // world_size() - 1)) if workers is None else workers
         if self.out is not None: self._claim(dict(job=job, model=_model_id(model)))
         self.total, self.predicted, self.failed, self.done_before, self.failed_before = len(items), 0, 0, 0, 0
 
@@ -292,7 +290,8 @@ class Predictions:
         threads = torch.get_num_threads()
         if self.threads: torch.set_num_threads(self.threads)
         f = open(target, 'a', encoding='utf-8') if target else None
-        bar = progress(total=len(mine), unit='img', desc=self.desc, file=sys.stderr if is_main_process() else io.StringIO())
+        shown = is_main_process() and not (self.out is None and sys.stdout.isatty())    # not over printed results
+        bar = progress(total=len(mine), unit='img', desc=self.desc, file=sys.stderr if shown else io.StringIO())
         try:
             for batch in loader:
                 records = self._predict_batch(batch)

@@ -457,6 +457,16 @@ def _load_grey(item: Item, png_scale: float = 1.0) -> np.ndarray:
 
 PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting: bounds the network's memory on large images
 
+def _for_inference(net: nn.Module) -> nn.Module:
+    "`net` (in eval mode) with each BatchNorm folded into the convolution before it, in channels-last memory format."
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    for block in net.modules():
+        if isinstance(block, nn.Sequential):
+            for i in range(len(block) - 1):
+                if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
+                    block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), nn.Identity()
+    return net.to(memory_format=torch.channels_last)
+
 def _segment_batch(net, rec, masks, items, images) -> list[dict]:
     "Each image's mask; images of one size go through the network together, padded to a multiple of 8 and cropped back."
     out, sizes = [None] * len(images), {}
@@ -468,8 +478,10 @@ def _segment_batch(net, rec, masks, items, images) -> list[dict]:
         x = x.contiguous(memory_format=torch.channels_last)
         p = infer(net, x, batch_size=max(1, PREDICT_PIXELS // (x.shape[2] * x.shape[3])))[:, 0, :h, :w]
         fg = (p < 0.5) if rec.get('flip') else (p > 0.5)
-        for k, f, frac in zip(ks, fg.numpy(), fg.flatten(1).float().mean(1).tolist()):
-            mask = f if masks is None else str(save_png(f.astype(np.uint8) * 255, masks / f'{items[k].name}.png'))
+        paths = None if masks is None else [os.path.join(masks, items[k].name + '.png') for k in ks]
+        for folder in set(map(os.path.dirname, paths or [])): os.makedirs(folder, exist_ok=True)
+        for j, (k, f, frac) in enumerate(zip(ks, fg.numpy(), fg.flatten(1).float().mean(1).tolist())):
+            mask = f if masks is None else save_png(f.astype(np.uint8) * 255, paths[j])
             out[k] = dict(mask=mask, foreground_fraction=round(frac, 6), height=h, width=w)
     return out
 
@@ -480,8 +492,8 @@ def predict(model, inputs, out=None, device=None, batch_size: int = 64, workers:
     `foreground_fraction`, `height`, `width` — or `error`. With `out` the records also go to `out/predictions.jsonl`,
     and a rerun skips the inputs already there (`capseg.predict.Predictions`)."""
     net, rec = load_model(model, device)
-    net = net.to(memory_format=torch.channels_last)     # about 1.7× faster convolutions on a CPU
-    masks = None if out is None else Path(out) / 'masks'
+    net = _for_inference(net)           # measured on a CPU: 32×32 images 1.7× faster in channels-last, BatchNorm folded
+    masks = None if out is None else os.path.join(out, 'masks')
     return Predictions(expand_inputs(inputs, npz=True, skip=out), partial(_load_grey, png_scale=rec.get('png_scale', 1.0)),
                        partial(_segment_batch, net, rec, masks), out=out, batch_size=batch_size, workers=workers,
                        device=next(net.parameters()).device, threads=rec['recipe'].get('threads'), job='segment',
