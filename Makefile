@@ -40,6 +40,7 @@ test: check-export test-nbs docs browser test-py
 bench: install
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/caption.py
+	$(BIN)/python bench/predict.py
 
 # nbdev-docs needs Quarto; where it is missing (this offline machine) render nbdev's processed notebooks with nbconvert.
 docs: install
