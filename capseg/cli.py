@@ -72,34 +72,40 @@ from .predict import RESULTS, Predictions
 def _predict_parser(job_subparsers, job: str):
     "`capseg JOB predict`: the same inputs, output and loader options for both jobs."
     segment = job == 'segment'
-    p = job_subparsers.add_parser('predict', help=f'{job} images: files, folders, globs' + (', npz files' if segment else ''))
-    p.add_argument('--model', type=Path, required=True, help=f'folder written by `capseg {job} train`')
+    npz = ', npz files' if segment else ''
+    p = job_subparsers.add_parser('predict', help=f'{job} images: files, folders, globs{npz}')
+    p.add_argument('--model', type=Path, required=True, help=f'folder written by `capseg {job} train`'
+                   + ('' if segment else ', a save_pretrained folder or a hub name'))
     p.add_argument('inputs', nargs='+', metavar='IMAGE_OR_NPZ' if segment else 'IMAGE',
-                   help='image files, folders (searched recursively), quoted glob patterns' + (', npz files' if segment else ''))
+                   help=f'image files, folders (searched recursively), quoted glob patterns{npz}')
     p.add_argument('--out', type=Path, help='folder for predictions.jsonl' + (' and masks/' if segment else '')
                    + '; a rerun skips the inputs done there (default: print a line per image)')
-    p.add_argument('--batch-size', type=int, default=argparse.SUPPRESS, help=f'images per batch (default {64 if segment else 32})')
-    p.add_argument('--workers', type=int, default=argparse.SUPPRESS, help='processes reading images (default: one per core but one, up to 4)')
+    p.add_argument('--batch-size', type=int, default=argparse.SUPPRESS,
+                   help=f'images per batch (default {64 if segment else 32})')
+    p.add_argument('--workers', type=int, default=argparse.SUPPRESS,
+                   help='processes reading images (default: one per core but one, up to 4)')
 
 def _print_predictions(preds: Predictions) -> int:
     "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."
-    main = is_main_process()
+    main, results = is_main_process(), None if preds.out is None else preds.out / RESULTS
     try:
         for r in preds:
-            if preds.out is not None or not main: continue
-            if 'error' in r: print(f"capseg: {r['path']}{'[%d]' % r['index'] if 'index' in r else ''}: {r['error']}", file=sys.stderr)
+            if results or not main: continue
+            if 'error' in r: print(f"capseg: {r['path']}{'[%d]' % r['index'] if 'index' in r else ''}: {r['error']}",
+                                   file=sys.stderr)
             else: print(preds.format(r), flush=True)
     except KeyboardInterrupt:
-        print('capseg: interrupted' + (f'; run the same command again to go on from {preds.out / RESULTS}' if preds.out else ''),
+        print('capseg: interrupted' + (f'; run the same command again to go on from {results}' if results else ''),
               file=sys.stderr)
         return 130
     failed = preds.failed + preds.failed_before
-    if main and preds.out is not None:
-        print(f'{preds.out / RESULTS}: {preds.predicted} predicted, {preds.failed} failed, {preds.done_before} done before '
+    if main and results:
+        print(f'{results}: {preds.predicted} predicted, {preds.failed} failed, {preds.done_before} done before '
               f'({preds.total} inputs' + (f', {world_size()} processes)' if world_size() > 1 else ')'))
     if main and failed:
-        print(f'capseg: {failed} of {preds.total} inputs failed' + (f' ({preds.failed_before} in an earlier run)' if preds.failed_before else '')
-              + (f'; see the "error" records in {preds.out / RESULTS}' if preds.out else ''), file=sys.stderr)
+        print(f'capseg: {failed} of {preds.total} inputs failed'
+              + (f' ({preds.failed_before} in an earlier run)' if preds.failed_before else '')
+              + (f'; see the "error" records in {results}' if results else ''), file=sys.stderr)
     return 1 if failed else 0
 
 # %% ../nbs/07_cli.ipynb #320dd72a
