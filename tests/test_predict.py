@@ -99,6 +99,21 @@ def many(tmp_path_factory) -> Path:
     return root
 
 
+def children(pid: int) -> list[int]:
+    "Live child processes of `pid` (Linux /proc)."
+    found = []
+    for d in filter(str.isdigit, os.listdir('/proc')):
+        try: state, ppid = Path(f'/proc/{d}/stat').read_text().rsplit(')', 1)[1].split()[:2]
+        except OSError: continue
+        if int(ppid) == pid and state != 'Z': found.append(int(d))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError: return False
+
+
 def test_killed_run_resumes(models, many, tmp_path):
     out = tmp_path/'out'
     cmd = [capseg_exe(), 'segment', 'predict', '--model', str(models['segment']), str(many), '--out', str(out),
@@ -110,12 +125,15 @@ def test_killed_run_resumes(models, many, tmp_path):
             assert p.poll() is None, p.communicate()
             assert time.time() - t0 < 120
             time.sleep(0.01)
+        workers = children(p.pid)
         p.send_signal(signal.SIGKILL)
         p.wait()
     finally:
         if p.poll() is None: p.kill()
     done = len((out/'predictions.jsonl').read_text().splitlines())
     assert 0 < done < 240, 'killed mid-run'
+    time.sleep(0.5)
+    assert workers and not [w for w in workers if alive(w)], 'the DataLoader workers die with the main process'
     rerun = segment.predict(models['segment'], [many], out=out, device='cpu', batch_size=8)
     assert len(list(rerun)) == 240 - rerun.done_before and rerun.done_before >= done - 1    # a torn last line is redone
     recs = by_name(records(out), many)
