@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/segment_sweep.py
 	$(BIN)/python bench/caption.py
+	$(BIN)/python bench/predict.py
 
 # nbdev-docs needs Quarto; where it is missing (this offline machine) render nbdev's processed notebooks with nbconvert
 # (tools/render_docs.py: math as MathML, a sidebar, client-side search; nothing fetched when the pages are opened).

@@ -411,13 +411,15 @@ def _val_losses(model, ds: CaptionDataset, collate, batch_size: int, device, aut
 # %% ../nbs/04_caption.ipynb #684f12da
 @torch.no_grad()
 def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64, num_beams: int = 5,
-                      max_new_tokens: int = 30, no_repeat_ngram_size: int = 3, device=None, amp: str = 'auto') -> list[str]:
-    "Captions of uint8 images (N×3×H×W at the model's size), generated in batches with beam search."
+                      max_new_tokens: int = 30, no_repeat_ngram_size: int = 3, device=None, amp: str = 'auto',
+                      bar: bool = True) -> list[str]:
+    "Captions of uint8 images (N×3×H×W at the model's size), generated in batches with beam search (`bar`: a progress bar)."
     device = get_device(device)
     model, tf = cap.model.to(device).eval(), ImageTransform(cap.processor)
     autocast, _ = amp_context(device, amp, n_params(model))
     out = []
-    for i in progress(range(0, len(pixels), batch_size), desc='generating'):
+    starts = range(0, len(pixels), batch_size)
+    for i in progress(starts, desc='generating') if bar else starts:
         with autocast:
             ids = model.generate(pixel_values=tf.normalize(pixels[i:i + batch_size].to(device)), num_beams=num_beams,
                                  max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True)
@@ -515,10 +517,29 @@ def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, 
     save_json(metrics, out/'metrics.json')
     return metrics
 
-def predict(model: str | Path, images: list[str | Path], device=None, num_beams: int = 5, max_new_tokens: int = 30) -> list[str]:
-    "A caption per image file (a missing or unreadable file is a `CapsegError`); for several images, 'PATH<TAB>caption' lines."
-    cap = load_captioner(model)
-    tf = ImageTransform(cap.processor)
-    pixels = torch.stack([tf(load_image(p)) for p in images])
-    caps = generate_captions(cap, pixels, device=device, num_beams=num_beams, max_new_tokens=max_new_tokens)
-    return caps if len(images) == 1 else [f'{p}\t{c}' for p, c in zip(images, caps)]
+# %% ../nbs/04_caption.ipynb #34e979ce
+from functools import partial
+
+from .predict import Item, Predictions, expand_inputs
+
+# %% ../nbs/04_caption.ipynb #e2623e52
+def _caption_pixels(item: Item, transform: ImageTransform) -> np.ndarray:
+    return transform(load_image(item.path)).numpy()
+
+def predict(model, inputs, out=None, device=None, batch_size: int = 32, workers: int | None = None,
+            num_beams: int = 5, max_new_tokens: int = 30) -> Predictions:
+    """Caption image files, folders of them (searched recursively) and glob patterns. Iterate the result for one record
+    per input: `path` and `caption`, or `path` and `error`. `model`: a `Captioner` or what `load_captioner` takes.
+    With `out` the records also go to `out/predictions.jsonl`, and a rerun skips the inputs already there
+    (`capseg.predict.Predictions`). The CLI prints the caption of one image, `PATH<TAB>caption` lines for several."""
+    cap = model if isinstance(model, Captioner) else load_captioner(model)
+    device = get_device(device)
+    def caption_batch(items, pixels) -> list[dict]:
+        captions = generate_captions(cap, torch.from_numpy(np.stack(pixels)), batch_size=len(pixels),
+                                     num_beams=num_beams, max_new_tokens=max_new_tokens, device=device, bar=False)
+        return [{'caption': c} for c in captions]
+    items = expand_inputs(inputs, skip=out)
+    line = (lambda r: r['caption']) if len(items) == 1 else (lambda r: f"{r['path']}\t{r['caption']}")
+    return Predictions(items, partial(_caption_pixels, transform=ImageTransform(cap.processor)), caption_batch, out=out,
+                       batch_size=batch_size, workers=workers, device=device, job='caption', model=cap.source,
+                       format=line, desc='captioning')

@@ -47,10 +47,7 @@ def _segment_parser(sub):
     p.add_argument('--model', type=Path, required=True, help='folder written by `segment train`')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     _json_flag(p)
-    p = seg.add_parser('predict', help='segment images (PNG/JPEG files or an npz)')
-    p.add_argument('--model', type=Path, required=True)
-    p.add_argument('inputs', nargs='+', type=Path, metavar='IMAGE_OR_NPZ')
-    p.add_argument('--out', type=Path, help='folder for the predicted masks (default: print only)')
+    _predict_parser(seg, 'segment')
 
 # %% ../nbs/07_cli.ipynb #ca86bf61
 def _caption_parser(sub):
@@ -89,9 +86,51 @@ def _caption_parser(sub):
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     generate_args(p)
     _json_flag(p)
-    p = cap.add_parser('predict', help='caption images')
-    p.add_argument('--model', type=Path, required=True)
-    p.add_argument('images', nargs='+', type=Path, metavar='IMAGE')
+    _predict_parser(cap, 'caption')
+
+# %% ../nbs/07_cli.ipynb #8ea32e5d
+from .core import is_main_process, world_size
+from .predict import RESULTS, Predictions
+
+# %% ../nbs/07_cli.ipynb #129c5ef0
+def _predict_parser(job_subparsers, job: str):
+    "`capseg JOB predict`: the same inputs, output and loader options for both jobs."
+    segment = job == 'segment'
+    npz = ', npz files' if segment else ''
+    p = job_subparsers.add_parser('predict', help=f'{job} images: files, folders, globs{npz}')
+    p.add_argument('--model', type=Path, required=True, help=f'folder written by `capseg {job} train`'
+                   + ('' if segment else ', a save_pretrained folder or a hub name'))
+    p.add_argument('inputs', nargs='+', metavar='IMAGE_OR_NPZ' if segment else 'IMAGE',
+                   help=f'image files, folders (searched recursively), quoted glob patterns{npz}')
+    p.add_argument('--out', type=Path, help='folder for predictions.jsonl' + (' and masks/' if segment else '')
+                   + '; a rerun skips the inputs done there (default: print a line per image)')
+    p.add_argument('--batch-size', type=int, default=argparse.SUPPRESS,
+                   help=f'images per batch (default {64 if segment else 32})')
+    p.add_argument('--workers', type=int, default=argparse.SUPPRESS,
+                   help='processes reading images (default: one per core but one, up to 4)')
+
+def _print_predictions(preds: Predictions) -> int:
+    "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."
+    main, results = is_main_process(), None if preds.out is None else preds.out / RESULTS
+    try:
+        for r in preds:
+            if results or not main: continue
+            if 'error' in r: print(f"capseg: {r['path']}{'[%d]' % r['index'] if 'index' in r else ''}: {r['error']}",
+                                   file=sys.stderr)
+            else: print(preds.format(r), flush=True)
+    except KeyboardInterrupt:
+        print('capseg: interrupted' + (f'; run the same command again to go on from {results}' if results else ''),
+              file=sys.stderr)
+        return 130
+    failed = preds.failed + preds.failed_before
+    if main and results:
+        print(f'{results}: {preds.predicted} predicted, {preds.failed} failed, {preds.done_before} done before '
+              f'({preds.total} inputs' + (f', {world_size()} processes)' if world_size() > 1 else ')'))
+    if main and failed:
+        print(f'capseg: {failed} of {preds.total} inputs failed'
+              + (f' ({preds.failed_before} in an earlier run)' if preds.failed_before else '')
+              + (f'; see the "error" records in {results}' if results else ''), file=sys.stderr)
+    return 1 if failed else 0
 
 # %% ../nbs/07_cli.ipynb #320dd72a
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +332,10 @@ def _print(result, args: argparse.Namespace):
 def main(argv: list[str] | None = None):
     "Entry point of the `capseg` console script."
     args = build_parser().parse_args(argv)
-    try: _print(run(argv), args)
+    try:
+        result = run(argv)
+        if isinstance(result, Predictions): sys.exit(_print_predictions(result))   # exit 1: some inputs failed
+        _print(result, args)
     except CapsegError as e:
         print(f'capseg: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -27,6 +27,14 @@ def error_line(r: subprocess.CompletedProcess) -> str:
     return line
 
 
+def failed_line(r: subprocess.CompletedProcess) -> str:
+    "`predict` of one input that failed: exit 1, the input's reason, then the count (by design, not a usage error)."
+    assert r.returncode == 1 and not r.stdout.strip(), (r.stdout[-500:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1] == 'capseg: 1 of 1 inputs failed', r.stderr[-2000:]
+    return lines[-2]
+
+
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
     "A small caption folder (generated shapes) with one corrupt training image and one missing test image."
@@ -93,8 +101,8 @@ def test_eval_and_predict(trained, folder, tmp_path):
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1 and r.stdout.strip(), r.stderr
     r = run_capseg('caption', 'predict', '--model', out, img, folder/'images'/'test_00002.png')
     assert [l.split('\t')[0] for l in r.stdout.strip().splitlines()] == [str(img), str(folder/'images'/'test_00002.png')]
-    assert 'no such image file' in error_line(run_capseg('caption', 'predict', '--model', out, tmp_path/'nope.png'))
-    assert 'cannot read the image' in error_line(run_capseg('caption', 'predict', '--model', out, folder/'images'/'train_00003.png'))
+    assert 'no such file or folder' in failed_line(run_capseg('caption', 'predict', '--model', out, tmp_path/'nope.png'))
+    assert 'cannot read the image' in failed_line(run_capseg('caption', 'predict', '--model', out, folder/'images'/'train_00003.png'))
 
 
 def test_save_pretrained_model_loads_through_model_dir(folder, tmp_path):

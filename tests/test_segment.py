@@ -180,16 +180,18 @@ def test_predict(trained, tmp_path):
     r = run_capseg('segment', 'predict', '--model', out, tmp_path / 'a.png', tmp_path / 'b.jpg', tmp_path / 'odd.png',
                    tmp_path / 'c.npz', '--out', tmp_path / 'masks')
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
-    assert [row['name'] for row in rows[:3]] == ['a', 'b', 'odd'] and len(rows) == 3 + 4
+    rows = [json.loads(line) for line in (tmp_path / 'masks' / 'predictions.jsonl').read_text().splitlines()]
+    assert [Path(row['path']).name for row in rows[:3]] == ['a.png', 'b.jpg', 'odd.png'] and len(rows) == 3 + 4
+    assert [row.get('index') for row in rows] == [None] * 3 + [0, 1, 2, 3]
     for row in rows:
-        mask = np.asarray(Image.open(row['path']))
+        mask = np.asarray(Image.open(row['mask']))
         assert mask.shape == (row['height'], row['width']) and set(np.unique(mask)) <= {0, 255}
         assert abs((mask > 0).mean() - row['foreground_fraction']) < 1e-6
     assert (rows[2]['height'], rows[2]['width']) == (50, 37)
     (tmp_path / 'bad.png').write_bytes(b'not an image')
-    r = run_capseg('segment', 'predict', '--model', out, tmp_path / 'bad.png')
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'bad.png' in r.stderr
+    r = run_capseg('segment', 'predict', '--model', out, tmp_path / 'bad.png')     # a bad file: exit 1, by design
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and lines[-1] == 'capseg: 1 of 1 inputs failed' and 'bad.png' in lines[0] and not r.stdout
 
 
 def test_loss_and_iou_formulas():
