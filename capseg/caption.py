@@ -348,6 +348,18 @@ def _val_losses(model, dl, device, autocast) -> list[float]:
     return [batch_loss(model, b, device, autocast).item() for b in dl]
 
 # %% ../nbs/04_caption.ipynb #684f12da
+def _beam_cache(model) -> dict:
+    "`generate`'s cache for beam search that reorders only the self-attention keys and values; {} where the model reorders its own."
+    try: from transformers import DynamicCache, EncoderDecoderCache
+    except ImportError: return {}
+    if hasattr(model, '_reorder_cache'): return {}   # older transformers: the model reorders a tuple cache itself
+    class SelfReorderingCache(EncoderDecoderCache):
+        "All beams of an image attend to the same encoder output: reordering their cross-attention cache changes nothing."
+        def reorder_cache(self, beam_idx: torch.Tensor): self.self_attention_cache.reorder_cache(beam_idx)
+    import inspect
+    name = 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'   # renamed in 5.x
+    return {name: SelfReorderingCache(DynamicCache(), DynamicCache())}
+
 @torch.no_grad()
 def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64, num_beams: int = 5,
                       max_new_tokens: int = 30, no_repeat_ngram_size: int = 3, device=None, amp: str = 'auto') -> list[str]:
@@ -359,7 +371,8 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
     for i in progress(range(0, len(pixels), batch_size), desc='generating'):
         with autocast:
             ids = model.generate(pixel_values=tf.normalize(pixels[i:i + batch_size].to(device)), num_beams=num_beams,
-                                 max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True)
+                                 max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True,
+                                 **_beam_cache(model))
         out += [' '.join(s.split()) for s in cap.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return out
 
