@@ -6,9 +6,9 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-nbs test-py check-export bench docs browser clean
+.PHONY: install java demo test test-nbs test-py check-export bench docs browser clean
 
-install: $(STAMP)
+install: $(STAMP) java
 
 # Idempotent: reinstalls only when the project metadata or the pins change.
 $(STAMP): pyproject.toml constraints.txt
@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' && \
 	echo "install: $$(( $$(date +%s) - start )) s"
 	@touch $@
+
+# pycocoevalcap's PTB tokenizer and METEOR run on Java: Debian's default JRE, where apt-get can install it. Without it
+# the caption metrics leave METEOR out and tokenise in Python.
+java:
+	@command -v java >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jre-headless >/dev/null; } || \
+	  echo "install: could not install Java (not root?): METEOR is left out of the caption metrics, captions are tokenised in Python"
 
 demo: install
 	$(BIN)/capseg demo --out runs/demo

@@ -384,7 +384,7 @@ def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None,
         val = {}
         if validate:
             val['val__loss'] = _val_losses(model, val_ds, collate, cfg.batch_size, device, autocast)
-            val['val__cider'] = score_dataset(cap, val_ds, device=device, **(generate_kw or {}))[0]['cider']
+            val['val__cider'] = score_dataset(cap, val_ds, device=device, meteor=False, **(generate_kw or {}))[0]['cider']
         hist.log(train__loss=finite, **val)
         improved = validate and val['val__cider'] > best['cider']
         if improved: best = {'epoch': epoch + 1, 'cider': val['val__cider']}
@@ -409,6 +409,18 @@ def _val_losses(model, ds: CaptionDataset, collate, batch_size: int, device, aut
     return [x for xs in gather_objects(losses) for x in xs]
 
 # %% ../nbs/04_caption.ipynb #684f12da
+def _beam_cache(model) -> dict:
+    "`generate`'s cache for beam search that reorders only the self-attention keys and values; {} where the model reorders its own."
+    try: from transformers import DynamicCache, EncoderDecoderCache
+    except ImportError: return {}
+    if hasattr(model, '_reorder_cache'): return {}   # older transformers: the model reorders a tuple cache itself
+    class SelfReorderingCache(EncoderDecoderCache):
+        "All beams of an image attend to the same encoder output: reordering their cross-attention cache changes nothing."
+        def reorder_cache(self, beam_idx: torch.Tensor): self.self_attention_cache.reorder_cache(beam_idx)
+    import inspect
+    name = 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'   # renamed in 5.x
+    return {name: SelfReorderingCache(DynamicCache(), DynamicCache())}
+
 @torch.no_grad()
 def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64, num_beams: int = 5,
                       max_new_tokens: int = 30, no_repeat_ngram_size: int = 3, device=None, amp: str = 'auto',
@@ -422,12 +434,13 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
     for i in progress(starts, desc='generating') if bar else starts:
         with autocast:
             ids = model.generate(pixel_values=tf.normalize(pixels[i:i + batch_size].to(device)), num_beams=num_beams,
-                                 max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True)
+                                 max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True,
+                                 **_beam_cache(model))
         out += [' '.join(s.split()) for s in cap.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return out
 
-def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, **generate_kw) -> tuple[dict, list[dict]]:
-    "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process."
+def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, meteor: bool = True, **generate_kw) -> tuple[dict, list[dict]]:
+    "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process; `meteor=False` skips METEOR's Java start (~14 s)."
     init_distributed(get_device(device))
     ws, preds = world_size(), [None] * len(ds)
     for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], device=device, **generate_kw))):
@@ -435,7 +448,8 @@ def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, **generate_kw
     refs = [it.captions for it in ds.items]
     objects = [it.objects for it in ds.items] if ds.items and all(it.objects is not None for it in ds.items) else None
     samples = [{'image': it.image, 'prediction': p, 'references': it.captions} for it, p in zip(ds.items, preds)]
-    return gather_objects(caption_metrics(preds, refs, objects) if is_main_process() else None)[0], samples   # scored once
+    scored = caption_metrics(preds, refs, objects, meteor=meteor) if is_main_process() else None   # scored once
+    return gather_objects(scored)[0], samples
 
 # %% ../nbs/04_caption.ipynb #a13b5183
 SHAPES_DEFAULT = dict(n_train=6000, n_val=300, n_test=300)

@@ -1,4 +1,4 @@
-"""Caption metrics: BLEU-1..4 (equal to nltk's `corpus_bleu` with smoothing method 4) and CIDEr-D (equal to pycocoevalcap's `Cider`), plus attribute accuracy on captioned shapes.
+"""The COCO caption table -- BLEU-1..4, METEOR, ROUGE-L, CIDEr-D -- computed by `pycocoevalcap` as papers compute it, the seed's nltk BLEU beside it, and attribute accuracy on captioned shapes.
 
 Docs: https://capseg.github.io/capseg/metrics.html.md"""
 
@@ -6,82 +6,67 @@ Docs: https://capseg.github.io/capseg/metrics.html.md"""
 
 # %% ../nbs/05_metrics.ipynb #4181e64a
 from __future__ import annotations
-import math, re
+import os, shutil, sys
 from collections import Counter
+from contextlib import contextmanager
+from functools import cache
 
-import numpy as np
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
+from .core import CapsegError
 from .caption_data import caption_objects
 
 # %% auto #0
-__all__ = ['tokenize', 'ngram_counts', 'corpus_bleu', 'cider_d', 'attribute_accuracy', 'caption_metrics']
+__all__ = ['PUNCTUATION', 'SEED_BLEU_WEIGHTS', 'have_java', 'tokenize', 'seed_bleu', 'attribute_accuracy', 'caption_metrics']
 
 # %% ../nbs/05_metrics.ipynb #8faa143a
-def tokenize(s: str) -> list[str]:
-    "Lower-case words (letters and digits; inner hyphens and apostrophes kept); punctuation dropped."
-    return re.findall(r"[a-z0-9]+(?:['-][a-z0-9]+)*", s.lower())
+PUNCTUATION = frozenset(PUNCTUATIONS)   # the tokens pycocoevalcap drops after the PTB tokenizer
 
-def ngram_counts(words: list[str], n: int) -> Counter:
-    "Counts of the `n`-grams of `words`, in order of first appearance."
-    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+def have_java() -> bool:
+    "Whether a `java` is on PATH: pycocoevalcap's PTB tokenizer and METEOR need one."
+    return shutil.which('java') is not None
 
-# %% ../nbs/05_metrics.ipynb #1b489877
-def corpus_bleu(references: list[list[list[str]]], hypotheses: list[list[str]], max_n: int = 4, k: int = 5) -> list[float]:
-    "[BLEU-1, ..., BLEU-`max_n`] of tokenised hypotheses against their tokenised references."
-    assert len(references) == len(hypotheses), 'one list of references per hypothesis'
-    num, den = [0] * max_n, [0] * max_n
-    hyp_len = ref_len = 0
-    for refs, hyp in zip(references, hypotheses):
-        for n in range(1, max_n + 1):
-            h, best = ngram_counts(hyp, n), Counter()
-            for r in refs:
-                rc = ngram_counts(r, n)
-                for g in h: best[g] = max(best[g], rc[g])
-            num[n - 1] += sum(min(c, best[g]) for g, c in h.items())
-            den[n - 1] += max(1, sum(h.values()))
-        hyp_len += len(hyp)
-        ref_len += min((len(r) for r in refs), key=lambda L: (abs(L - len(hyp)), L))
-    if num[0] == 0: return [0.0] * max_n
-    bp = 1.0 if hyp_len > ref_len else (0.0 if hyp_len == 0 else math.exp(1 - ref_len / hyp_len))
-    p, zeros = [], 0
-    for nu, de in zip(num, den):
-        if nu == 0 and hyp_len > 1:
-            zeros += 1
-            p.append((1 / (2 ** zeros * k / math.log(hyp_len))) / de)
-        else: p.append(nu / de)
-    return [bp * math.exp(math.fsum((1 / n) * math.log(q) for q in p[:n] if q > 0)) for n in range(1, max_n + 1)]
+@cache
+def _warn(message: str):
+    "`message` on stderr, once per process."
+    print(f'capseg: warning: {message}', file=sys.stderr, flush=True)
+
+@contextmanager
+def _no_stderr():
+    "Silence file descriptor 2, child processes included (the PTB tokenizer reports its speed there)."
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try: yield
+    finally: os.dup2(saved, 2); os.close(saved); os.close(null)
+
+@cache
+def _treebank():
+    from nltk.tokenize import TreebankWordTokenizer   # imported here: nltk takes seconds to import
+    return TreebankWordTokenizer()
+
+def tokenize(captions: list[str], java: bool | None = None) -> list[str]:
+    "Captions lower-cased, tokenised, punctuation removed, tokens joined by spaces: by pycocoevalcap's PTB tokenizer where Java is installed (`java=None`) or asked for (`True`), else by nltk's Treebank tokenizer."
+    if java is None: java = have_java()
+    if java:
+        with _no_stderr(): out = PTBTokenizer().tokenize({i: [{'caption': c}] for i, c in enumerate(captions)})
+        return [out[i][0] for i in range(len(captions))]
+    words = (_treebank().tokenize(c.replace('\n', ' '), convert_parentheses=True) for c in captions)
+    return [' '.join(w for w in (w.lower() for w in ws) if w not in PUNCTUATION) for ws in words]
 
 # %% ../nbs/05_metrics.ipynb #f1697e7a
-def _tfidf(counts: Counter, df: Counter, log_n: float, n: int):
-    vec, norm = [dict() for _ in range(n)], [0.0] * n
-    for g, tf in counts.items():
-        v = tf * (log_n - np.log(max(1.0, df.get(g, 0))))
-        vec[len(g) - 1][g] = v
-        norm[len(g) - 1] += pow(v, 2)
-    return vec, [np.sqrt(x) for x in norm], sum(c for g, c in counts.items() if len(g) == 2)
+SEED_BLEU_WEIGHTS = [(1, 0, 0, 0), (.5, .5, 0, 0), (.33, .33, .33, 0), (.25, .25, .25, .25)]
 
-def cider_d(references: list[list[list[str]]], hypotheses: list[list[str]], n: int = 4,
-            sigma: float = 6.0) -> tuple[float, np.ndarray]:
-    "CIDEr-D of tokenised hypotheses: (corpus score, per-image scores)."
-    cook = lambda w: sum((ngram_counts(w, k) for k in range(1, n + 1)), Counter())
-    crefs = [[cook(r) for r in refs] for refs in references]
-    df = Counter(g for refs in crefs for g in set(g for r in refs for g in r))
-    log_n = np.log(float(len(crefs)))
-    scores = []
-    for hyp, refs in zip(hypotheses, crefs):
-        vh, nh, lh = _tfidf(cook(hyp), df, log_n, n)
-        s = np.zeros(n)
-        for r in refs:
-            vr, nr, lr = _tfidf(r, df, log_n, n)
-            val = np.zeros(n)
-            for k in range(n):
-                for g, x in vh[k].items(): val[k] += min(x, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0)
-                if nh[k] != 0 and nr[k] != 0: val[k] /= nh[k] * nr[k]
-                val[k] *= np.e ** (-(float(lh - lr) ** 2) / (2 * sigma ** 2))
-            s += val
-        scores.append(np.mean(s) / len(refs) * 10.0)
-    scores = np.array(scores)
-    return float(np.mean(scores)), scores
+def seed_bleu(predictions: list[str], references: list[list[str]]) -> dict:
+    "`seed_bleu1`..`seed_bleu4`: nltk `corpus_bleu` with `SmoothingFunction().method4` on lower-cased whitespace-split words, as the seed computed BLEU."
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+    scores = corpus_bleu([[r.lower().split() for r in rs] for rs in references], [p.lower().split() for p in predictions],
+                         weights=SEED_BLEU_WEIGHTS, smoothing_function=SmoothingFunction().method4)
+    return {f'seed_bleu{n}': float(b) for n, b in enumerate(scores, 1)}
 
 # %% ../nbs/05_metrics.ipynb #7ab54a47
 def attribute_accuracy(predictions: list[str], objects: list[list[dict]]) -> float:
@@ -94,11 +79,35 @@ def attribute_accuracy(predictions: list[str], objects: list[list[dict]]) -> flo
             if named[o['colour'], o['shape']] > 0: named[o['colour'], o['shape']] -= 1; hit += 1
     return hit / total if total else float('nan')
 
-def caption_metrics(predictions: list[str], references: list[list[str]], objects: list[list[dict]] | None = None) -> dict:
-    "`bleu1`..`bleu4` (0–1), `cider`, and `attribute_accuracy` (0–1) when the objects are known; on `tokenize`d text."
-    hyps = [tokenize(p) for p in predictions]
-    refs = [[tokenize(r) for r in rs] for rs in references]
-    m = {f'bleu{i + 1}': b for i, b in enumerate(corpus_bleu(refs, hyps))}
-    m['cider'] = cider_d(refs, hyps)[0]
+# %% ../nbs/05_metrics.ipynb #1b489877
+def _meteor(gts: dict, res: dict, scorer: Meteor) -> float | None:
+    try: return float(scorer.compute_score(gts, res)[0])
+    except (OSError, ValueError) as e:   # the JVM did not start or died (e.g. out of memory): no score on its stdout
+        _warn(f'METEOR failed and is left out ({type(e).__name__}: {e})')
+    finally:
+        scorer.meteor_p.kill(); scorer.meteor_p.wait()
+        if scorer.lock.locked(): scorer.lock.release()   # held when compute_score failed: its __del__ would hang
+
+def caption_metrics(predictions: list[str], references: list[list[str]], objects: list[list[dict]] | None = None,
+                    meteor: bool = True) -> dict:
+    "pycocoevalcap's `bleu1`..`bleu4`, `meteor`, `rouge_l`, `cider` (CIDEr-D) of one caption per image against its references; the seed's `seed_bleu1`..`seed_bleu4`; `attribute_accuracy` when the `objects` are known."
+    if len(predictions) != len(references):
+        raise CapsegError(f'{len(predictions)} predictions but {len(references)} reference lists: one per image')
+    if not predictions: raise CapsegError('no captions to score')
+    if not all(references): raise CapsegError('every image needs at least one reference caption')
+    java = have_java()
+    if not java: _warn('no Java (apt-get install default-jre-headless): METEOR is left out and captions are tokenised '
+                       "by nltk's Treebank tokenizer instead of the PTB tokenizer")
+    scorer = Meteor() if java and meteor else None   # its JVM loads while the rest is computed
+    n = len(predictions)
+    words = tokenize(list(predictions) + [r for rs in references for r in rs], java)
+    res, gts, k = {i: [words[i]] for i in range(n)}, {}, n
+    for i, rs in enumerate(references): gts[i], k = words[k:k + len(rs)], k + len(rs)
+    m = {f'bleu{i}': b for i, b in enumerate(Bleu(4).compute_score(gts, res, verbose=0)[0], 1)}
+    m['rouge_l'] = Rouge().compute_score(gts, res)[0]
+    m['cider'] = Cider().compute_score(gts, res)[0]
+    if scorer is not None and (score := _meteor(gts, res, scorer)) is not None: m['meteor'] = score
+    m.update(seed_bleu(predictions, references))
     if objects is not None: m['attribute_accuracy'] = attribute_accuracy(predictions, objects)
-    return {k: round(float(v), 6) for k, v in m.items()}
+    order = ['bleu1', 'bleu2', 'bleu3', 'bleu4', 'meteor', 'rouge_l', 'cider']
+    return {k: float(m[k]) for k in sorted(m, key=lambda k: order.index(k) if k in order else len(order))}
