@@ -15,14 +15,15 @@ and, on other generators (`OTHER`: several shapes, dark shapes on a grey backgro
 images with larger shapes), the default, blur + Otsu and chan_vese at σ 0.5 and 1.0 for two seeds.
 
 Every result is written to bench/results/segment_sweep.json as soon as it exists, and a rerun skips what is there
-(`--fresh` starts over), so an interrupted sweep loses at most one training run. The plot, IoU against σ with a
+(`--fresh` starts over), so an interrupted sweep loses at most one training run. `--part K/N` runs every N-th
+data set of the grid, so N processes (one thread each) share the cores; they write the same file under a lock. The plot, IoU against σ with a
 ±std band over seeds per method, goes to bench/results/segment_sweep.png.
-Usage: python bench/segment_sweep.py [--quick] [--fresh]   (about 2 hours on 2 CPU cores; --quick: minutes)
+Usage: python bench/segment_sweep.py [--quick] [--fresh] [--part K/N]   (about 2 hours on 2 CPU cores)
 """
 import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')    # before torch: idle OpenMP threads sleep instead of spinning
 
-import argparse, platform, sys, time
+import argparse, fcntl, platform, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -58,27 +59,44 @@ def methods(data, out: Path, quick: bool) -> dict:
             'supervised': supervised}
 
 
+def record(path: Path, update) -> dict:
+    "Apply `update` to the results in `path` and write them back, under a lock (several sweep processes share it)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix('.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        res = load_json(path) if path.exists() else {}
+        update(res)
+        save_json(res, path)
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='smoke test: 2 epochs, one seed, two noise levels')
     ap.add_argument('--fresh', action='store_true', help='ignore earlier results')
     ap.add_argument('--results', type=Path, default=ROOT / 'bench' / 'results' / 'segment_sweep.json')
     ap.add_argument('--runs', type=Path, default=ROOT / 'runs' / 'bench_sweep', help='training runs go here')
+    ap.add_argument('--part', default='0/1', help='K/N: run every N-th data set of the grid, starting at K')
     a = ap.parse_args(argv)
-    res = {} if a.fresh or not a.results.exists() else load_json(a.results)
-    res.setdefault('runs', {})
-    res.update(machine=dict(cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
-                            processor=platform.processor() or platform.machine(),
-                            omp_wait_policy=os.environ.get('OMP_WAIT_POLICY')),
-               settings=dict(noises=NOISES, seeds=SEEDS, n_train=1000, n_test=1000, other=OTHER, quick=a.quick,
-                             seed_pipeline='SEED_FACTS.md: SeedNet 64/128/256, Xavier init with biases 1, SGD lr 0.1 '
-                                           'momentum 0.9 weight decay 1e-3, batch 32, alpha 0.001, 60 epochs'),
-               iou='flip-invariant IoU in %, threshold 0.5, flip chosen per batch of 32 test images (the seed\'s)')
-    grid = [('shapes', {}, n, s, m) for n in NOISES for s in SEEDS for m in ('default', 'supervised', 'seed_60',
-                                                                                'blur_otsu', 'chan_vese')]
-    grid += [(name, gen, n, s, m) for name, gen in OTHER.items() for n in (0.5, 1.0) for s in SEEDS[:2]
-             for m in ('default', 'blur_otsu', 'chan_vese')]
-    if a.quick: grid = [g for g in grid if g[2] in (0.5, 1.0) and g[3] == SEEDS[0]]
+    k, n = map(int, a.part.split('/'))
+    torch.set_num_threads(1)
+    if a.fresh and a.results.exists(): a.results.unlink()
+    def describe(res):
+        res.setdefault('runs', {})
+        res.update(machine=dict(cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
+                                processor=platform.processor() or platform.machine(),
+                                omp_wait_policy=os.environ.get('OMP_WAIT_POLICY'), torch_threads=1),
+                   settings=dict(noises=NOISES, seeds=SEEDS, n_train=1000, n_test=1000, other=OTHER, quick=a.quick,
+                                 seed_pipeline='SEED_FACTS.md: SeedNet 64/128/256, Xavier init with biases 1, SGD lr '
+                                               '0.1 momentum 0.9 weight decay 1e-3, batch 32, alpha 0.001, 60 epochs'),
+                   iou="flip-invariant IoU in %, threshold 0.5, flip chosen per batch of 32 test images (the seed's)")
+    res = record(a.results, describe)
+    shapes = ('default', 'supervised', 'seed_60', 'blur_otsu', 'chan_vese')
+    conditions = [('shapes', {}, n, s, shapes) for n in NOISES for s in SEEDS]
+    conditions += [(name, gen, n, s, ('default', 'blur_otsu', 'chan_vese')) for name, gen in OTHER.items()
+                   for n in (0.5, 1.0) for s in SEEDS[:2]]
+    if a.quick: conditions = [c for c in conditions if c[2] in (0.5, 1.0) and c[3] == SEEDS[0]]
+    grid = [(setting, gen, noise, seed, m) for setting, gen, noise, seed, ms in conditions[k::n] for m in ms]
     t0 = time.perf_counter()
     for setting, gen, noise, seed, method in grid:
         key = f'{setting}|{noise}|{seed}|{method}'
@@ -89,9 +107,8 @@ def main(argv=None):
         r = methods(data, out, a.quick)[method]()
         r = {k: r[k] for k in KEEP if k in r} | dict(setting=setting, noise=noise, seed=seed, method=method,
                                                       seconds=time.perf_counter() - t, load_average=round(load, 2))
-        res['runs'][key] = r
-        res['seconds'] = res.get('seconds', 0) + time.perf_counter() - t
-        save_json(res, a.results)
+        def add(res, key=key, r=r): res['runs'][key] = r; res['seconds'] = res.get('seconds', 0) + r['seconds']
+        res = record(a.results, add)
         print(f"{setting:32s} σ {noise:<4} seed {seed} {method:10s} IoU {r['test_iou']:6.2f}  ({r['seconds']:.0f} s, "
               f"load {load:.1f})", flush=True)
     plot_sweep(res, a.results.with_suffix('.png'))
