@@ -6,7 +6,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install java demo test test-nbs test-py check-export bench docs browser clean
+.PHONY: install java demo test test-fast test-nbs test-py check-export bench docs browser clean
 
 install: $(STAMP) java
 
@@ -39,10 +39,16 @@ check-export: install
 test-nbs: install
 	$(BIN)/nbdev-test --n-workers 2 --timing
 
+# Two pytest-xdist workers; the models the tests share are trained once (tests/conftest.py).
 test-py: install
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -n 2
 
 test: check-export test-nbs docs browser test-py
+
+# The inner loop (under 2 minutes): every test but the end-to-end runs marked slow (kill + resume, torchrun, the
+# full captioning default); no notebooks, no docs rebuild.
+test-fast: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -n 2 -m 'not slow'
 
 bench: install
 	$(BIN)/python bench/segment.py

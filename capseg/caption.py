@@ -439,8 +439,8 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
         out += [' '.join(s.split()) for s in cap.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return out
 
-def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, meteor: bool = True, **generate_kw) -> tuple[dict, list[dict]]:
-    "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process; `meteor=False` skips METEOR's Java start (~14 s)."
+def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, meteor: bool | None = None, **generate_kw) -> tuple[dict, list[dict]]:
+    "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process; `meteor=False` (or `CAPSEG_METEOR=0` where `meteor` is None) skips METEOR's Java start (~14 s)."
     init_distributed(get_device(device))
     ws, preds = world_size(), [None] * len(ds)
     for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], device=device, **generate_kw))):

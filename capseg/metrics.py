@@ -89,8 +89,8 @@ def _meteor(gts: dict, res: dict, scorer: Meteor) -> float | None:
         if scorer.lock.locked(): scorer.lock.release()   # held when compute_score failed: its __del__ would hang
 
 def caption_metrics(predictions: list[str], references: list[list[str]], objects: list[list[dict]] | None = None,
-                    meteor: bool = True) -> dict:
-    "pycocoevalcap's `bleu1`..`bleu4`, `meteor`, `rouge_l`, `cider` (CIDEr-D) of one caption per image against its references; the seed's `seed_bleu1`..`seed_bleu4`; `attribute_accuracy` when the `objects` are known."
+                    meteor: bool | None = None) -> dict:
+    "pycocoevalcap's `bleu1`..`bleu4`, `meteor`, `rouge_l`, `cider` (CIDEr-D) of one caption per image against its references; the seed's `seed_bleu1`..`seed_bleu4`; `attribute_accuracy` when the `objects` are known. `meteor=None`: on unless the environment says `CAPSEG_METEOR=0`."
     if len(predictions) != len(references):
         raise CapsegError(f'{len(predictions)} predictions but {len(references)} reference lists: one per image')
     if not predictions: raise CapsegError('no captions to score')
@@ -98,6 +98,7 @@ def caption_metrics(predictions: list[str], references: list[list[str]], objects
     java = have_java()
     if not java: _warn('no Java (apt-get install default-jre-headless): METEOR is left out and captions are tokenised '
                        "by nltk's Treebank tokenizer instead of the PTB tokenizer")
+    if meteor is None: meteor = os.environ.get('CAPSEG_METEOR', '1').strip() != '0'   # a ~14 s Java start per scoring
     scorer = Meteor() if java and meteor else None   # its JVM loads while the rest is computed
     n = len(predictions)
     words = tokenize(list(predictions) + [r for rs in references for r in rs], java)

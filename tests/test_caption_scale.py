@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import capseg_exe, run_capseg
-
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+from conftest import capseg_exe, capseg_main, free_port
 
 # The same 3 short epochs in every run: 64 generated images a split, 32 a step.
 SHAPES = ['--shapes', '--limit', '64', '--epochs', '3']
@@ -21,8 +19,10 @@ def last_json(r: subprocess.CompletedProcess) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def torchrun(*args) -> list[str]:
-    return [str(Path(sys.executable).parent/'torchrun'), '--nproc-per-node', '2', capseg_exe(), *map(str, args)]
+def torchrun(*args, port: int) -> list[str]:
+    "torchrun's command line for 2 processes; its rendezvous on `port` (another torchrun test may run beside it under xdist)."
+    return [str(Path(sys.executable).parent/'torchrun'), '--nproc-per-node', '2', '--master-port', str(port), capseg_exe(),
+            *map(str, args)]
 
 
 def children(pid: int) -> list[int]:
@@ -30,12 +30,9 @@ def children(pid: int) -> list[int]:
 
 
 @pytest.fixture(scope='module')
-def one_process(tmp_path_factory):
-    "The reference: one process, 4 batches of 8 a step = the global step of 2 processes × 2 accumulated batches of 8."
-    from capseg.caption import train
-    out = tmp_path_factory.mktemp('one')
-    m = train(shapes=True, limit=64, epochs=3, batch_size=8, accum=4, out=out, device='cpu')
-    return out, m
+def one_process(caption_one_process):
+    "The reference: one process, 4 batches of 8 a step = the global step of 2 processes × 2 accumulated batches of 8 (trained once per session, in conftest)."
+    return caption_one_process
 
 
 @pytest.fixture(scope='module')
@@ -45,7 +42,7 @@ def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp('two')
     args = ['caption', 'train', *SHAPES, '--batch-size', 8, '--accum', 2, '--out', out]
     env = {**os.environ, 'CAPSEG_DEVICE': 'cpu'}
-    p = subprocess.Popen(torchrun(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen(torchrun(*args, port=free_port()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     t0 = time.time()
     while not (out/'checkpoint'/'trainer_state.pt').exists():
         assert p.poll() is None, p.stderr.read().decode()[-3000:]
@@ -55,10 +52,11 @@ def two_processes(tmp_path_factory):
     p.kill(); p.wait()
     for w in workers: os.kill(w, signal.SIGKILL)
     killed = not (out/'metrics.json').exists()
-    r = subprocess.run(torchrun(*args, '--resume', '--json'), capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(torchrun(*args, '--resume', '--json', port=free_port()), capture_output=True, text=True, env=env, timeout=600)
     return out, killed, r
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume(two_processes, one_process):
     "Same global batch, the same images in the same batches: the 2-process losses equal the 1-process ones."
     out, killed, r = two_processes
@@ -149,7 +147,7 @@ def test_saved_folder_in_transformers_pipeline(one_process, tmp_path, monkeypatc
     caption = lambda pipe, p: pipe(Image.open(p), **prompt)[0]['generated_text'].strip()
     # an untrained tiny model: long captions (30 tokens) that differ from image to image
     load_captioner('tiny', [c for it in shapes['train'] for c in it.captions]).save(tmp_path/'untrained')
-    r = run_capseg('caption', 'predict', '--model', tmp_path/'untrained', *paths)
+    r = capseg_main('caption', 'predict', '--model', tmp_path/'untrained', *paths)
     assert r.returncode == 0, r.stderr[-2000:]
     ours = [line.split('\t')[-1] for line in r.stdout.strip().splitlines()]
     pipe = pipeline('image-to-text', model=str(tmp_path/'untrained'), device='cpu')
@@ -157,4 +155,4 @@ def test_saved_folder_in_transformers_pipeline(one_process, tmp_path, monkeypatc
     # the best/ that `train` writes
     out, _ = one_process
     pipe = pipeline('image-to-text', model=str(out/'best'), device='cpu')
-    assert [caption(pipe, p) for p in paths] == [predict(out, [p], device='cpu')[0] for p in paths]
+    assert [caption(pipe, p) for p in paths] == [next(iter(predict(out, [p], device='cpu')))['caption'] for p in paths]

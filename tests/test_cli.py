@@ -2,7 +2,7 @@ import json, os, re, subprocess
 
 import pytest
 
-from conftest import capseg_exe, run_capseg
+from conftest import capseg_exe, capseg_main, run_capseg
 
 
 def test_console_script_installed():
@@ -10,6 +10,7 @@ def test_console_script_installed():
 
 
 def test_help_lists_commands():
+    "The console script itself, in a subprocess (the other CLI tests call `capseg.cli.main` in this process)."
     r = run_capseg('--help')
     assert r.returncode == 0, r.stderr
     for cmd in ('segment', 'caption', 'demo'): assert cmd in r.stdout
@@ -17,26 +18,21 @@ def test_help_lists_commands():
 
 def test_subcommand_help():
     for args in (('segment', 'train', '--help'), ('caption', 'train', '--help'), ('segment', 'predict', '--help')):
-        r = run_capseg(*args)
+        r = capseg_main(*args)
         assert r.returncode == 0 and '--out' in r.stdout + ('--out' if 'predict' in args else ''), r.stderr
 
 
 def test_bad_usage_exits_nonzero():
-    r = run_capseg('segment', 'train', '--out', 'x')   # neither --data nor --shapes
+    r = capseg_main('segment', 'train', '--out', 'x')   # neither --data nor --shapes
     assert r.returncode == 2 and 'required' in r.stderr
 
 
 # --- output for people (no history, a few lines) and for scripts (--json) ---
 
 @pytest.fixture(scope='module')
-def small_run(tmp_path_factory):
-    "One epoch on a small npz, printed for a person (the default output)."
-    from capseg.data import make_shapes, save_seg_npz
-    tmp = tmp_path_factory.mktemp('cli')
-    save_seg_npz(make_shapes(n_train=64, n_test=32, seed=3), tmp/'small.npz')
-    r = run_capseg('segment', 'train', '--data', tmp/'small.npz', '--out', tmp/'run', '--epochs', 1)
-    assert r.returncode == 0, r.stderr
-    return tmp, r
+def small_run(seg_small):
+    "One epoch on a small npz, printed for a person (the default output; trained once per session, in conftest)."
+    return seg_small
 
 
 def test_train_prints_a_summary(small_run):
@@ -51,11 +47,11 @@ def test_train_prints_a_summary(small_run):
     assert f"capseg segment predict --model {tmp/'run'}" in text
 
 
-def test_json_output_parses(small_run, capsys):
+def test_json_output_parses(small_run, capsys, tmp_path):
     "In this process (no second interpreter start): `main` with --json prints one JSON document and nothing else."
     from capseg.cli import main
     tmp, _ = small_run
-    main(['segment', 'eval', '--data', str(tmp/'small.npz'), '--model', str(tmp/'run'), '--out', str(tmp/'eval'), '--json'])
+    main(['segment', 'eval', '--data', str(tmp/'small.npz'), '--model', str(tmp/'run'), '--out', str(tmp_path/'eval'), '--json'])
     metrics = json.loads(capsys.readouterr().out)
     assert 'history' not in metrics and 0 <= metrics['test_iou'] <= 100 and metrics['n_test'] == 32
 

@@ -7,22 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import capseg_exe, run_capseg
+from conftest import capseg_exe, capseg_main
 from capseg import segment
-
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
 @pytest.fixture(scope='module')
-def models(tmp_path_factory):
-    "A segmentation model and a tiny captioner, each trained for one short epoch (prediction does not need good ones)."
-    from capseg import caption, segment
-    from capseg.data import make_shapes
-    root = tmp_path_factory.mktemp('models')
-    segment.train(make_shapes(n_train=64, n_test=32, seed=1), out=root/'seg', epochs=1, figures=False, device='cpu')
-    caption.train(shapes=True, model='tiny', out=root/'cap', epochs=1, device='cpu',
-                  shapes_kw=dict(n_train=64, n_val=8, n_test=8))
-    return {'segment': root/'seg', 'caption': root/'cap'}
+def models(seg_small, caption_one_process):
+    "A segmentation model (1 epoch on 64 images) and a tiny captioner (3 epochs on 64), trained once per session in conftest (prediction does not need good ones)."
+    return {'segment': seg_small[0]/'run', 'caption': caption_one_process[0]}
 
 
 def grey_png(path: Path, h=32, w=32, seed=0) -> Path:
@@ -61,7 +53,7 @@ def by_name(recs: list[dict], root: Path) -> dict:
 
 def test_segment_folder_with_bad_files_then_rerun(models, messy, tmp_path):
     out = tmp_path/'out'
-    r = run_capseg('segment', 'predict', '--model', models['segment'], messy, '--out', out)
+    r = capseg_main('segment', 'predict', '--model', models['segment'], messy, '--out', out)
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith('capseg: 2 of 6 inputs failed'), r.stderr
     recs = by_name(records(out), messy)
@@ -114,6 +106,7 @@ def alive(pid: int) -> bool:
     except OSError: return False
 
 
+@pytest.mark.slow
 def test_killed_run_resumes(models, many, tmp_path):
     out = tmp_path/'out'
     cmd = [capseg_exe(), 'segment', 'predict', '--model', str(models['segment']), str(many), '--out', str(out),
@@ -140,6 +133,7 @@ def test_killed_run_resumes(models, many, tmp_path):
     assert len(recs) == 240 and all(Path(rec['mask']).is_file() for rec in recs.values())
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_each_input_once(models, messy, many, tmp_path):
     out = tmp_path/'out'
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', capseg_exe(),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import capseg_exe, run_capseg
+from conftest import build_once, capseg_exe, capseg_main
 from capseg.data import make_shapes, save_seg_npz
 from capseg.segment import chan_vese_loss, flip_invariant_iou
 
@@ -29,11 +29,13 @@ def check_run(out: Path, metrics: dict, epochs: int):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    "A default model trained 3 epochs on the embedded shapes."
-    out = tmp_path_factory.mktemp('seg') / 'run'
-    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', 3, '--json')
-    assert r.returncode == 0, r.stderr
-    return out, last_json(r.stdout)
+    "A default model trained 3 epochs on the embedded shapes (in this process; once per session, shared by xdist workers)."
+    def build(folder):
+        r = capseg_main('segment', 'train', '--shapes', '--out', folder / 'run', '--epochs', 3, '--json')
+        assert r.returncode == 0, r.stderr
+        (folder / 'stdout.txt').write_text(r.stdout)
+    folder = build_once(tmp_path_factory, 'segment_trained', build)
+    return folder / 'run', last_json((folder / 'stdout.txt').read_text())
 
 
 def test_train_shapes(trained):
@@ -52,13 +54,13 @@ def test_train_npz_any_size(tmp_path, arch, size):
     data, (h, w) = tmp_path / 'x.npz', size
     d = make_shapes(n_train=96, n_test=40, size=max(size), seed=4)
     save_seg_npz({k: a[:, :h, :w] for k, a in d.arrays().items()}, data)
-    r = run_capseg('segment', 'train', '--data', data, '--out', tmp_path / 'run', '--epochs', 2, '--arch', arch, '--json')
+    r = capseg_main('segment', 'train', '--data', data, '--out', tmp_path / 'run', '--epochs', 2, '--arch', arch, '--json')
     assert r.returncode == 0, r.stderr
     metrics = last_json(r.stdout)
     check_run(tmp_path / 'run', metrics, 2)
     assert metrics['arch'] == arch and metrics['n_train'] == 96 and metrics['n_test'] == 40
     Image.fromarray((np.clip(d.image_test[0, :h, :w], 0, 1) * 255).astype(np.uint8)).save(tmp_path / 'a.png')
-    r = run_capseg('segment', 'predict', '--model', tmp_path / 'run', tmp_path / 'a.png', '--out', tmp_path / 'masks')
+    r = capseg_main('segment', 'predict', '--model', tmp_path / 'run', tmp_path / 'a.png', '--out', tmp_path / 'masks')
     assert r.returncode == 0, r.stderr
     assert np.asarray(Image.open(next((tmp_path / 'masks').rglob('*.png')))).shape == (h, w)
 
@@ -68,7 +70,7 @@ def test_alpha_auto_grows_with_noise(tmp_path):
     alphas = {}
     for noise in (0.3, 0.9):
         save_seg_npz(make_shapes(n_train=64, n_test=16, noise=noise, seed=6), tmp_path / f'{noise}.npz')
-        r = run_capseg('segment', 'train', '--data', tmp_path / f'{noise}.npz', '--out', tmp_path / f'r{noise}',
+        r = capseg_main('segment', 'train', '--data', tmp_path / f'{noise}.npz', '--out', tmp_path / f'r{noise}',
                        '--epochs', 1, '--alpha', 'auto', '--json')
         m = last_json(r.stdout)
         assert m['recipe']['alpha'] == 'auto' and m['alpha_rule'].startswith('kappa'), m
@@ -80,13 +82,13 @@ def test_alpha_auto_grows_with_noise(tmp_path):
 def test_cli_flags_reach_the_recipe(tmp_path):
     data = tmp_path / 'x.npz'
     save_seg_npz(make_shapes(n_train=64, n_test=16, seed=2), data)
-    r = run_capseg('segment', 'train', '--data', data, '--out', tmp_path / 'run', '--epochs', 2, '--alpha', 0.2,
+    r = capseg_main('segment', 'train', '--data', data, '--out', tmp_path / 'run', '--epochs', 2, '--alpha', 0.2,
                    '--lr', 0.003, '--batch-size', 16, '--augment', 'none', '--json')
     m = last_json(r.stdout)
     assert {k: m['recipe'][k] for k in ('alpha', 'lr', 'batch_size', 'augment', 'epochs')} == dict(
         alpha=0.2, lr=0.003, batch_size=16, augment='none', epochs=2)
     assert m['alpha'] == 0.2 and m['alpha_rule'] == 'given'
-    r = run_capseg('segment', 'train', '--data', data, '--out', tmp_path / 'bad', '--alpha', 'much')
+    r = capseg_main('segment', 'train', '--data', data, '--out', tmp_path / 'bad', '--alpha', 'much')
     assert r.returncode == 2 and '--alpha' in r.stderr
 
 
@@ -106,16 +108,18 @@ def bad_npzs(tmp: Path) -> dict:
 
 def test_bad_npz_one_line(tmp_path):
     for name, path in bad_npzs(tmp_path).items():
-        r = run_capseg('segment', 'train', '--data', path, '--out', tmp_path / name, '--epochs', 1)
+        r = capseg_main('segment', 'train', '--data', path, '--out', tmp_path / name, '--epochs', 1)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2, (name, r.stderr)
         assert len(lines) == 1 and lines[0].startswith('capseg: error: ') and str(path) in lines[0], (name, r.stderr)
 
 
-def start_training(out: Path, epochs: int) -> subprocess.Popen:
+def start_training(out: Path, epochs: int, *flags) -> subprocess.Popen:
     env = {**os.environ, 'CAPSEG_DEVICE': 'cpu'}
-    return subprocess.Popen([capseg_exe(), 'segment', 'train', '--shapes', '--out', str(out), '--epochs', str(epochs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([capseg_exe(), 'segment', 'train', '--shapes', '--out', str(out), '--epochs', str(epochs), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as in a terminal, even
+                                                                     # where this runs in a background job (SIGINT ignored)
 
 
 def wait_for_epoch(out: Path, proc: subprocess.Popen, epoch: int, timeout: float = 300) -> int:
@@ -130,23 +134,25 @@ def wait_for_epoch(out: Path, proc: subprocess.Popen, epoch: int, timeout: float
     raise TimeoutError
 
 
-@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGINT])
-def test_kill_then_resume(tmp_path, sig):
+@pytest.mark.slow
+def test_kill_then_resume(tmp_path):
+    "One run stopped twice: by SIGINT (Ctrl-C) after epoch 2, resumed, then by SIGKILL after epoch 4, resumed to the end."
     out, epochs = tmp_path / 'run', 8
-    proc = start_training(out, epochs)
-    try:
-        done = wait_for_epoch(out, proc, 2)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None: proc.kill()
-    assert done < epochs, 'stopped mid-training'
-    if sig == signal.SIGINT: assert proc.returncode == 130 and '--resume' in err, err
-    else: assert proc.returncode == -signal.SIGKILL
-    assert not (out / 'metrics.json').exists()
-    kept = torch.load(out / 'checkpoint.pt', weights_only=False)['epoch']
-    assert 2 <= kept < epochs
-    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', epochs, '--resume', '--json')
+    for sig, epoch, flags in ((signal.SIGINT, 2, ()), (signal.SIGKILL, 4, ('--resume',))):
+        proc = start_training(out, epochs, *flags)
+        try:
+            done = wait_for_epoch(out, proc, epoch)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None: proc.kill()
+        assert done < epochs, 'stopped mid-training'
+        if sig == signal.SIGINT: assert proc.returncode == 130 and '--resume' in err, err
+        else: assert proc.returncode == -signal.SIGKILL
+        assert not (out / 'metrics.json').exists()
+        kept = torch.load(out / 'checkpoint.pt', weights_only=False)['epoch']
+        assert epoch <= kept < epochs
+    r = capseg_main('segment', 'train', '--shapes', '--out', out, '--epochs', epochs, '--resume', '--json')
     assert r.returncode == 0, r.stderr
     metrics = last_json(r.stdout)
     check_run(out, metrics, epochs)
@@ -154,7 +160,7 @@ def test_kill_then_resume(tmp_path, sig):
 
 def test_resume_needs_same_epochs(trained, tmp_path):
     out, _ = trained
-    r = run_capseg('segment', 'train', '--shapes', '--out', out, '--epochs', 5, '--resume')
+    r = capseg_main('segment', 'train', '--shapes', '--out', out, '--epochs', 5, '--resume')
     assert r.returncode == 2 and '--epochs' in r.stderr
 
 
@@ -162,7 +168,7 @@ def test_eval(trained, tmp_path):
     out, metrics = trained
     data = tmp_path / 'shapes.npz'
     save_seg_npz(make_shapes(), data)                       # the same data as --shapes: the same test score
-    r = run_capseg('segment', 'eval', '--data', data, '--model', out, '--out', tmp_path / 'ev', '--json')
+    r = capseg_main('segment', 'eval', '--data', data, '--model', out, '--out', tmp_path / 'ev', '--json')
     assert r.returncode == 0, r.stderr
     ev = last_json(r.stdout)
     assert abs(ev['test_iou'] - metrics['test_iou']) < 1e-6 and (tmp_path / 'ev' / 'metrics.json').exists()
@@ -177,7 +183,7 @@ def test_predict(trained, tmp_path):
     Image.fromarray((np.clip(np.tile(d.image_test[2], (2, 2))[:50, :37], 0, 1) * 255).astype(np.uint8)).save(
         tmp_path / 'odd.png')                                # a size that is not a multiple of 8
     np.savez(tmp_path / 'c.npz', images=d.image_test)
-    r = run_capseg('segment', 'predict', '--model', out, tmp_path / 'a.png', tmp_path / 'b.jpg', tmp_path / 'odd.png',
+    r = capseg_main('segment', 'predict', '--model', out, tmp_path / 'a.png', tmp_path / 'b.jpg', tmp_path / 'odd.png',
                    tmp_path / 'c.npz', '--out', tmp_path / 'masks')
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (tmp_path / 'masks' / 'predictions.jsonl').read_text().splitlines()]
@@ -189,7 +195,7 @@ def test_predict(trained, tmp_path):
         assert abs((mask > 0).mean() - row['foreground_fraction']) < 1e-6
     assert (rows[2]['height'], rows[2]['width']) == (50, 37)
     (tmp_path / 'bad.png').write_bytes(b'not an image')
-    r = run_capseg('segment', 'predict', '--model', out, tmp_path / 'bad.png')     # a bad file: exit 1, by design
+    r = capseg_main('segment', 'predict', '--model', out, tmp_path / 'bad.png')     # a bad file: exit 1, by design
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and lines[-1] == 'capseg: 1 of 1 inputs failed' and 'bad.png' in lines[0] and not r.stdout
 
