@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP) java
 
-# Idempotent: reinstalls only when the project metadata or the pins change.
+# Idempotent: reinstalls only when the project metadata or the pins change. --no-compile: Python writes the bytecode
+# of what is imported when it is first imported, instead of pip compiling every installed module (95 s, not 146 s here).
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
 	@start=$$(date +%s); \
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' && \
+	$(BIN)/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e '.[dev]' && \
 	echo "install: $$(( $$(date +%s) - start )) s"
 	@touch $@
 
