@@ -153,8 +153,6 @@ def folder_run(job: str, model: Path, folder: Path, out: Path, batch_size: int |
 # --- per-image loops: the same library pieces, one image at a time
 
 def segment_loop(model: Path, files: list[Path], out: Path) -> dict:
-    import torch.nn.functional as F
-    from capseg.data import SIZE_MULTIPLE
     from capseg.segment import cpu_threads, infer, load_model, normalize, read_grey
     net, rec = load_model(model, 'cpu')
     shutil.rmtree(out, ignore_errors=True)
@@ -163,9 +161,7 @@ def segment_loop(model: Path, files: list[Path], out: Path) -> dict:
     with cpu_threads(rec['recipe'].get('threads')):
         for f in files:
             im = read_grey(f)
-            h, w = im.shape
-            x = F.pad(normalize(im[None], rec['norm']), (0, -w % SIZE_MULTIPLE, 0, -h % SIZE_MULTIPLE), mode='replicate')
-            p = infer(net, x)[0, 0, :h, :w]
+            p = infer(net, normalize(im[None], rec['norm']))[0, 0]      # the network pads and crops any size itself
             fg = (p < 0.5) if rec.get('flip') else (p > 0.5)
             Image.fromarray(fg.numpy().astype(np.uint8) * 255).save(out / f.name)
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
