@@ -23,7 +23,7 @@ def capseg_exe() -> str:
 def run_capseg(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
     """Run the installed `capseg` script; stdout/stderr captured as text. For what needs a process of its own: a kill,
     torchrun, an environment read at import time, the console script itself."""
-    env = {**os.environ, 'CAPSEG_DEVICE': os.environ.get('CAPSEG_DEVICE', 'cpu'), **kw.pop('env', {})}
+    env = {**os.environ, **kw.pop('env', {})}   # CAPSEG_DEVICE=cpu etc. come from os.environ (set above)
     return subprocess.run([capseg_exe(), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 

@@ -56,7 +56,7 @@ def test_shapes_default_kill_resume_reaches_target(tmp_path):
     """The embedded default end to end: killed after its first checkpoint, resumed, ≥ 95 % attribute accuracy. The one
     full-size captioning run of the tests, and the one that scores with METEOR (Java) end to end."""
     out = tmp_path/'run'
-    env = {**os.environ, 'CAPSEG_DEVICE': 'cpu', 'CAPSEG_METEOR': '1'}
+    env = {**os.environ, 'CAPSEG_METEOR': '1'}   # METEOR on, in this test only
     p = subprocess.Popen([capseg_exe(), 'caption', 'train', '--shapes', '--model', 'tiny', '--out', str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     state, t0 = out/'checkpoint'/'trainer_state.pt', time.time()

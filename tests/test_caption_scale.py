@@ -41,8 +41,7 @@ def two_processes(tmp_path_factory):
     if not sys.platform.startswith('linux'): pytest.skip('finds the workers to kill in /proc')
     out = tmp_path_factory.mktemp('two')
     args = ['caption', 'train', *SHAPES, '--batch-size', 8, '--accum', 2, '--out', out]
-    env = {**os.environ, 'CAPSEG_DEVICE': 'cpu'}
-    p = subprocess.Popen(torchrun(*args, port=free_port()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen(torchrun(*args, port=free_port()), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     t0 = time.time()
     while not (out/'checkpoint'/'trainer_state.pt').exists():
         assert p.poll() is None, p.stderr.read().decode()[-3000:]
@@ -52,7 +51,7 @@ def two_processes(tmp_path_factory):
     p.kill(); p.wait()
     for w in workers: os.kill(w, signal.SIGKILL)
     killed = not (out/'metrics.json').exists()
-    r = subprocess.run(torchrun(*args, '--resume', '--json', port=free_port()), capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(torchrun(*args, '--resume', '--json', port=free_port()), capture_output=True, text=True, timeout=600)
     return out, killed, r
 
 

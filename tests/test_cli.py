@@ -91,7 +91,7 @@ def run_without(tmp_path, missing: str = '', broken: str = ''):
     if broken:
         (tmp_path/broken).mkdir()
         (tmp_path/broken/'__init__.py').write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
-    env = {**os.environ, 'PYTHONPATH': str(tmp_path), 'CAPSEG_DEVICE': 'cpu'}
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
     return subprocess.run([capseg_exe(), 'segment', 'eval', '--data', 'x.npz', '--model', 'm'],
                           capture_output=True, text=True, timeout=300, env=env)
 

@@ -1,5 +1,5 @@
 "The built docs site, opened in a real (headless) Chromium: pages, API entries, plot images, math, sidebar and search."
-import re, shutil, subprocess, sys
+import re, shutil, subprocess
 from pathlib import Path
 
 import pytest

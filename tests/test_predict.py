@@ -111,7 +111,7 @@ def test_killed_run_resumes(models, many, tmp_path):
     out = tmp_path/'out'
     cmd = [capseg_exe(), 'segment', 'predict', '--model', str(models['segment']), str(many), '--out', str(out),
            '--batch-size', '8', '--workers', '1']
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'CAPSEG_DEVICE': 'cpu'})
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         t0 = time.time()
         while not (out/'predictions.jsonl').exists() or (out/'predictions.jsonl').stat().st_size < 1000:
@@ -138,7 +138,7 @@ def test_torchrun_two_processes_each_input_once(models, messy, many, tmp_path):
     out = tmp_path/'out'
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', capseg_exe(),
                         'segment', 'predict', '--model', str(models['segment']), str(messy), str(many), '--out', str(out)],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, 'CAPSEG_DEVICE': 'cpu'})
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]     # two bad files: each process exits 1
     assert '244 predicted, 2 failed, 0 done before (246 inputs, 2 processes)' in r.stdout, r.stdout + r.stderr[-3000:]
     recs = records(out)

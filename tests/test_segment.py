@@ -1,5 +1,5 @@
 "`capseg segment` end to end: train on the shapes and on an npz, bad input, kill + resume, eval, predict."
-import json, os, signal, subprocess, sys, time
+import json, signal, subprocess, time
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +115,8 @@ def test_bad_npz_one_line(tmp_path):
 
 
 def start_training(out: Path, epochs: int, *flags) -> subprocess.Popen:
-    env = {**os.environ, 'CAPSEG_DEVICE': 'cpu'}
     return subprocess.Popen([capseg_exe(), 'segment', 'train', '--shapes', '--out', str(out), '--epochs', str(epochs), *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as in a terminal, even
                                                                      # where this runs in a background job (SIGINT ignored)
 
