@@ -10,10 +10,9 @@ Writes bench/results/segment.json and prints a markdown table.  Usage: python be
 import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # before torch: idle OpenMP threads sleep instead of spinning,
                                                        # which keeps timings sane when other processes share the cores
-import argparse, json, platform, shutil, sys, time
+import argparse, platform, shutil, sys, time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +103,9 @@ def main(argv=None):
         run('supervised', lambda: train(data, out=out / 'supervised', device='cpu', supervised=True, figures=False,
                                         widths=chosen, **short), results, key)
         seed_epochs = 3 if a.quick else a.seed_epochs
+        snapshot = snapshot_at(snap, out / 'seed') if seed_epochs > snap else None   # seed_60 scored mid-run
         run(f'seed_{seed_epochs}', lambda: train(data, out=out / 'seed', arch='seed', epochs=seed_epochs, device='cpu',
-                                                 callback=snapshot_at(snap, out / 'seed')), results, key)
+                                                 callback=snapshot), results, key)
         if seed_epochs > snap: run('seed_60', lambda: score_snapshot(out / 'seed' / f'epoch{snap}.pt', data), results, key)
     d = results['noise'].get('0.5', {}).get('default')
     if d:

@@ -26,7 +26,6 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')    # before torch: idle Open
 import argparse, fcntl, platform, sys, time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
