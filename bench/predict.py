@@ -206,8 +206,7 @@ def full_size_captioner():
     hf_logging.set_verbosity_error()
     if bc.TEXT.exists(): captions = [c for cs in bc.parse_flickr8k_tokens(bc.TEXT / 'Flickr8k.token.txt').values() for c in cs]
     else: captions = [c for it in captioned_shapes(2000, 0, 0)['train'] for c in it.captions]
-    tokenizer = bc.bpe_tokenizer(captions)
-    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = bc.bpe_tokenizer(captions)              # pad = EOS, as the seed
     return Captioner(bc.full_size_model(tokenizer), tokenizer, ViTImageProcessor(), 'full-size (random weights)', False), bc
 
 
