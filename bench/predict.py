@@ -44,7 +44,7 @@ def load() -> float: return round(os.getloadavg()[0], 2)
 
 def segment_files(root: Path, n: int, per_folder: int = 1000) -> Path:
     "n noisy-shape 32x32 grey PNG files in subfolders of `per_folder`."
-    from capseg.data import make_shapes_split
+    from capseg.seg_data import make_shapes_split
     ims, _, _ = make_shapes_split(n, noise=0.5, seed=11)
     for i, a in enumerate((np.clip(ims, 0, 1) * 255).astype(np.uint8)):
         d = root / f'{i // per_folder:03d}'
@@ -65,7 +65,7 @@ def caption_files(root: Path, n: int, per_folder: int = 1000) -> Path:
 
 def train_models(tmp: Path) -> dict:
     from capseg import caption, segment
-    from capseg.data import make_shapes
+    from capseg.seg_data import make_shapes
     seg = tmp / 'segment-model'
     segment.train(make_shapes(n_train=256, n_test=64, seed=1), out=seg, epochs=3, figures=False, device='cpu')
     cap = tmp / 'caption-model'

@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from capseg.core import save_json
-from capseg.data import make_shapes
+from capseg.seg_data import make_shapes
 from capseg.segment import (ARCHS, bench_table, baseline_scores, build_net, cpu_threads, images_per_second, infer,
                             normalize, score, train)
 

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from capseg.core import load_json, save_json
-from capseg.data import make_shapes
+from capseg.seg_data import make_shapes
 from capseg.segment import baseline_scores, plot_sweep, sweep_table, train
 
 NOISES, SEEDS = (0.25, 0.5, 0.75, 1.0), (100, 101, 102)

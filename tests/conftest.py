@@ -10,7 +10,7 @@ SHARED = ROOT.parent / 'shared'
 
 # This process, its xdist workers and every subprocess they start: the CPU; no spinning OpenMP threads (on a small shared
 # CPU they make every step several times slower); no METEOR, whose Java start costs ~14 s a scoring -- the full default
-# captioning run in test_caption.py scores with it (CAPSEG_METEOR=1), and 05_metrics checks it against pycocoevalcap.
+# captioning run in test_caption.py scores with it (CAPSEG_METEOR=1), and 07_metrics checks it against pycocoevalcap.
 for _k, _v in dict(CAPSEG_DEVICE='cpu', OMP_WAIT_POLICY='PASSIVE', CAPSEG_METEOR='0').items(): os.environ.setdefault(_k, _v)
 
 
@@ -81,7 +81,7 @@ def seg_small(tmp_path_factory):
     """`capseg segment train` on a small npz (64 train + 32 test images, 1 epoch), printed for a person: (folder with
     small.npz and the run in run/, the CompletedProcess). test_cli reads its summary; predict tests use its model."""
     def build(folder):
-        from capseg.data import make_shapes, save_seg_npz
+        from capseg.seg_data import make_shapes, save_seg_npz
         save_seg_npz(make_shapes(n_train=64, n_test=32, seed=3), folder / 'small.npz')
         r = capseg_main('segment', 'train', '--data', folder / 'small.npz', '--out', folder / 'run', '--epochs', 1)
         (folder / 'result.json').write_text(json.dumps(dict(returncode=r.returncode, stdout=r.stdout, stderr=r.stderr)))

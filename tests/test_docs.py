@@ -10,7 +10,7 @@ CHROMIUM, DRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium + chromium-driver not installed")
 
 # page → an API entry it must document
-MODULE_PAGES = {'core.html': 'History', 'data.html': 'load_seg_npz', 'segment.html': 'chan_vese_loss',
+MODULE_PAGES = {'core.html': 'History', 'seg_data.html': 'load_seg_npz', 'segment.html': 'chan_vese_loss',
                 'caption_data.html': 'parse_flickr8k_tokens', 'caption.html': 'CaptionDataset', 'metrics.html': 'caption_metrics',
                 'plot.html': 'plot_curves', 'cli.html': 'main', 'predict.html': 'Predictions'}
 TUTORIALS = ['tutorials/segment_npz.html', 'tutorials/caption_flickr8k.html']

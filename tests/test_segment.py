@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import build_once, capseg_exe, capseg_main
-from capseg.data import make_shapes, save_seg_npz
+from capseg.seg_data import make_shapes, save_seg_npz
 from capseg.segment import chan_vese_loss, flip_invariant_iou
 
 SERIES = [f'{s}/{q}' for s in ('train', 'test') for q in ('loss', 'fidelity', 'regularization', 'iou')]
