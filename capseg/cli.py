@@ -24,6 +24,10 @@ def _alpha(s: str):
     try: return float(s)
     except ValueError: raise argparse.ArgumentTypeError(f"must be 'auto' or a number, not {s!r}") from None
 
+def _max_npz_bytes(p):
+    p.add_argument('--max-npz-bytes', type=int, default=argparse.SUPPRESS, metavar='N',
+                   help='refuse an npz whose arrays decompress to more than N bytes (default 2 GiB), before reading it')
+
 def _segment_parser(sub):
     seg = sub.add_parser('segment', help='unsupervised Chan-Vese segmentation').add_subparsers(dest='action', required=True)
     p = seg.add_parser('train', help='train a segmentation network without masks')
@@ -41,11 +45,13 @@ def _segment_parser(sub):
     p.add_argument('--augment', choices=['dihedral', 'seed', 'none'], help="paired augmentation (default: the architecture's own)")
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    _max_npz_bytes(p)
     _json_flag(p)
     p = seg.add_parser('eval', help='score a trained model on an npz test split')
     p.add_argument('--data', type=Path, required=True)
     p.add_argument('--model', type=Path, required=True, help='folder written by `segment train`')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
+    _max_npz_bytes(p)
     _json_flag(p)
     _predict_parser(seg, 'segment')
 
@@ -108,6 +114,7 @@ def _predict_parser(job_subparsers, job: str):
                    help=f'images per batch (default {64 if segment else 32})')
     p.add_argument('--workers', type=int, default=argparse.SUPPRESS,
                    help='processes reading images (default: one per core but one, up to 4)')
+    if segment: _max_npz_bytes(p)
 
 def _print_predictions(preds: Predictions) -> int:
     "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."

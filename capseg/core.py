@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #48c8e6b9
 from __future__ import annotations
-import json, os, random, tempfile
+import json, math, os, pickle, random, shutil, stat, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,8 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CapsegError', 'get_device', 'world_size', 'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects',
-           'seed_everything', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'History', 'progress']
+__all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'get_device', 'world_size',
+           'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects', 'seed_everything',
+           'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'load_weights', 'first_line', 'inside',
+           'regular_file', 'npz_arrays', 'claim_output', 'staged', 'finish_staged', 'History', 'progress']
 
 # %% ../nbs/00_core.ipynb #ab656aff
 class CapsegError(ValueError):
@@ -75,6 +77,12 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #fc628e51
+def _umask() -> int:
+    "The process's umask (read by setting it and setting it back)."
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = 'wb'):
     "Open a temporary file beside `path` for writing; on success rename it to `path`, on error remove it."
@@ -82,6 +90,7 @@ def atomic_write(path: str | Path, mode: str = 'wb'):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        os.fchmod(fd, 0o666 & ~_umask())          # mkstemp's 0600 would make results private
         with os.fdopen(fd, mode) as f: yield f
         os.replace(tmp, path)
     except BaseException:
@@ -101,6 +110,135 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     "`torch.save` `obj` to `path`, atomically."
     with atomic_write(path, 'wb') as f: torch.save(obj, f)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #ff75d515
+try: from numpy._core.multiarray import _reconstruct          # NumPy 2
+except ImportError: from numpy.core.multiarray import _reconstruct
+
+SAFE_GLOBALS = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+def load_weights(path: str | Path, what: str = 'model file'):
+    "`torch.load` a file with `weights_only=True` and `SAFE_GLOBALS`; a refused or broken file is a one-line `CapsegError`."
+    path = regular_file(path, what)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS): return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CapsegError(f'{path}: refused to open this {what}: it holds code or objects other than tensors and plain '
+                          f'data ({first_line(e, 120)})') from None
+    except Exception as e: raise CapsegError(f'{path}: not a readable {what} ({type(e).__name__})') from None
+
+def first_line(e: BaseException, n: int = 300) -> str:
+    "The first line of an exception's message (its type's name when empty), at most `n` characters."
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:n]
+
+_KINDS = {stat.S_ISDIR: 'a folder', stat.S_ISFIFO: 'a FIFO', stat.S_ISCHR: 'a character device',
+          stat.S_ISBLK: 'a block device', stat.S_ISSOCK: 'a socket'}
+
+def inside(root: str | Path, relative: str | Path) -> Path:
+    "`root/relative`, refused with a one-line `CapsegError` unless it lies inside `root` once links and `..` are resolved."
+    real_root, path = os.path.realpath(root), Path(root) / relative
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise CapsegError(f'{relative}: refused, it would be written outside {root}')
+    return path
+
+def regular_file(path: str | Path, what: str = 'file') -> Path:
+    "`path` if it is a regular file (after following links); else a one-line `CapsegError` saying what it is."
+    path = Path(path)
+    try: mode = os.stat(path).st_mode
+    except FileNotFoundError: raise CapsegError(f'{path}: no such {what}') from None
+    except OSError as e: raise CapsegError(f'{path}: cannot read it ({e.strerror})') from None
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS.items() if test(mode)), 'not a regular file')
+        raise CapsegError(f'{path}: not a regular file ({kind}); need a {what}')
+    return path
+
+# %% ../nbs/00_core.ipynb #59a39126
+MAX_NPZ_BYTES = 2 << 30         # bytes an npz's arrays may decompress to (--max-npz-bytes)
+
+def _npy_header(f) -> tuple[tuple, bool, np.dtype]:
+    "(shape, Fortran order, dtype) of the .npy stream `f`, which is left at the start of the data."
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)
+
+def npz_arrays(path: str | Path, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, tuple[tuple, np.dtype]]:
+    "`{name: (shape, dtype)}` of an npz file's arrays, from its headers alone; a one-line `CapsegError` if unsafe or broken."
+    import zipfile
+    path = regular_file(path, 'npz file')
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = [i for i in z.infolist() if i.filename.endswith('.npy')]
+            total = sum(i.file_size for i in infos)
+            if total > max_bytes:
+                raise CapsegError(f'{path}: its arrays decompress to {total / 2**30:.2f} GiB, over the limit of '
+                                  f'{max_bytes / 2**30:.2f} GiB (raise it with --max-npz-bytes)')
+            arrays = {}
+            for i in infos:
+                with z.open(i) as f: shape, _, dtype = _npy_header(f)
+                if math.prod(shape) * dtype.itemsize > i.file_size:
+                    raise CapsegError(f'{path}: array {i.filename[:-4]!r} claims more data than the file holds')
+                arrays[i.filename[:-4]] = (shape, dtype)
+    except CapsegError: raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise CapsegError(f'{path}: not a readable npz file ({type(e).__name__}: {first_line(e, 120)})') from None
+    return arrays
+
+# %% ../nbs/00_core.ipynb #9eb22099
+LOCK_NAME, STAGING = '.capseg.lock', '.staging'
+PROBE_BYTES = 1 << 20          # written and removed when a folder is claimed: a full disk fails here, before any work
+
+def _check_writable(out: Path):
+    if out.exists() and not out.is_dir(): raise CapsegError(f'--out {out} is a file, not a folder')
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out) as f:
+            f.write(bytes(PROBE_BYTES)); f.flush(); os.fsync(f.fileno())
+    except OSError as e: raise CapsegError(f'--out {out}: cannot write there ({e.strerror})') from None
+
+@contextmanager
+def claim_output(out: str | Path):
+    "Hold folder `out` for one run (main process): writable, locked, cleared of what a killed run left."
+    from filelock import FileLock, Timeout
+    out = Path(out)
+    _check_writable(out)
+    if not is_main_process(): yield out; return
+    lock = FileLock(str(out / LOCK_NAME))
+    try: lock.acquire(timeout=0)
+    except Timeout: raise CapsegError(f'--out {out} is in use by another capseg run; wait for it or give another --out') from None
+    try:
+        finish_staged(out)
+        for tmp in out.glob('.*.tmp'):
+            if tmp.is_file(): tmp.unlink()
+        yield out
+    finally: lock.release()
+
+# %% ../nbs/00_core.ipynb #5b921bfb
+@contextmanager
+def staged(out: str | Path, replaces=(), last: str = 'metrics.json'):
+    "A fresh folder for a run's results; on success they replace those in `out` (`last` last; `replaces` not written removed)."
+    out = Path(out)
+    stage = out / STAGING
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try: yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    (stage / '.complete').write_text('\n'.join([last, *replaces]))
+    finish_staged(out)
+
+def finish_staged(out: str | Path):
+    "Move a complete staging folder's files into `out` (what a kill interrupted, too); remove an incomplete one."
+    stage = Path(out) / STAGING
+    if not stage.is_dir(): return
+    marker = stage / '.complete'
+    if not marker.is_file(): return shutil.rmtree(stage)
+    last, *replaces = marker.read_text().split('\n')
+    names = [p.name for p in stage.iterdir() if p.name != '.complete']
+    for name in [last] + [n for n in replaces if n not in names]: (Path(out) / name).unlink(missing_ok=True)
+    for name in sorted(names, key=lambda n: n == last): os.replace(stage / name, Path(out) / name)
+    shutil.rmtree(stage)
 
 # %% ../nbs/00_core.ipynb #38181000
 class History:

@@ -6,8 +6,9 @@ Docs: https://capseg.github.io/capseg/predict.html.md"""
 
 # %% ../nbs/04_predict.ipynb #4821aabe
 from __future__ import annotations
-import glob, io, json, os, struct, sys, zipfile, zlib
+import glob, io, json, os, re, struct, sys, zipfile, zlib
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .core import (CapsegError, barrier, gather_objects, init_distributed, is_main_process, load_json, progress,
-                         rank, save_json, world_size)
+from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, gather_objects,
+                   init_distributed, is_main_process, load_json, npz_arrays, progress, rank, regular_file, save_json,
+                   world_size)
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'NPZ_KEYS', 'RESULTS', 'Item', 'record_id', 'expand_inputs', 'npz_images', 'read_npz_image',
@@ -62,7 +64,8 @@ def _find(arg: str, skip: str | None = None) -> list[tuple[str, str | None]]:
     if os.path.isdir(arg): return [(p, None) for p in _walk(arg, skip)] or [(arg, 'no image files in this folder')]
     if os.path.exists(arg): return [(arg, None)]
     if any(c in arg for c in '*?['):
-        found = [p for m in sorted(glob.glob(arg, recursive=True)) for p in (_walk(m, skip) if os.path.isdir(m) else [m])
+        matches = [m for m in sorted(glob.glob(arg, recursive=True)) if os.path.exists(m)]   # not past a link loop
+        found = [p for m in matches for p in (_walk(m, skip) if os.path.isdir(m) else [m])
                  if not (skip and os.path.abspath(p).startswith(skip + os.sep))]
         return [(p, None) for p in found] or [(arg, 'no file matches this pattern')]
     return [(arg, 'no such file or folder')]
@@ -77,7 +80,12 @@ def _names(paths: list[str]) -> list[str]:
     count = Counter(stems)
     return [s if count[s] == 1 else r for s, r in zip(stems, rel)]
 
-def expand_inputs(inputs, npz: bool = False, skip=None) -> list[Item]:
+def _not_regular(path: str) -> str | None:
+    "Why `path` cannot be read as a file (a FIFO, a device...), or None: it is a regular file."
+    try: regular_file(path)
+    except CapsegError as e: return str(e).removeprefix(f'{path}: ')
+
+def expand_inputs(inputs, npz: bool = False, skip=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> list[Item]:
     """The inputs — files, folders (image files found recursively) and glob patterns — as `Item`s in order, each file
     once; with `npz`, an `.npz` file gives one item per image. An input that finds nothing is an item with an `error`.
     Searches leave out folder `skip` (the output folder: a rerun must not take the masks it wrote for inputs)."""
@@ -87,37 +95,26 @@ def expand_inputs(inputs, npz: bool = False, skip=None) -> list[Item]:
     for arg in map(os.fspath, inputs):
         for path, error in _find(arg, skip):
             path = os.path.normpath(path)
-            if os.path.abspath(path) not in seen:
-                seen.add(os.path.abspath(path))
-                found.append((path, error))
+            if os.path.realpath(path) not in seen:          # a link loop under '**' finds one file many times
+                seen.add(os.path.realpath(path))
+                found.append((path, error or _not_regular(path)))
     ok = [p for p, e in found if e is None]
     names = dict(zip(ok, _names(ok)))
     items = []
     for path, error in found:
-        if error is None and npz and path.lower().endswith('.npz'): items += _npz_items(path, names[path])
+        if error is None and npz and path.lower().endswith('.npz'): items += _npz_items(path, names[path], max_npz_bytes)
         else: items.append(Item(path, names.get(path, ''), error=error))
     return items
 
 # %% ../nbs/04_predict.ipynb #0c680c20
 NPZ_KEYS = ('images', 'image_test', 'image_train')
 
-def _npy_header(f) -> tuple[tuple, bool, np.dtype]:
-    "(shape, Fortran order, dtype) of the .npy stream `f`, which is left at the start of the data."
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    return read(f)
-
-def npz_images(path) -> tuple[str, int]:
+def npz_images(path, max_bytes: int = MAX_NPZ_BYTES) -> tuple[str, int]:
     """(key, number of images) of an npz file's images, from the headers alone; a `CapsegError` says what is wrong."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            arrays = [n[:-4] for n in z.namelist() if n.endswith('.npy')]
-            key = next((k for k in NPZ_KEYS if k in arrays), arrays[0] if len(arrays) == 1 else None)
-            if key is None: raise CapsegError(f'no images array ({", ".join(NPZ_KEYS)}) among {", ".join(arrays) or "none"}')
-            with z.open(f'{key}.npy') as f: shape, _, dtype = _npy_header(f)
-    except CapsegError: raise
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise CapsegError(f'not a readable npz file ({type(e).__name__})') from None
+    arrays = npz_arrays(path, max_bytes)
+    key = next((k for k in NPZ_KEYS if k in arrays), next(iter(arrays)) if len(arrays) == 1 else None)
+    if key is None: raise CapsegError(f'no images array ({", ".join(NPZ_KEYS)}) among {", ".join(arrays) or "none"}')
+    shape, dtype = arrays[key]
     if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
         raise CapsegError(f'{key} has dtype {dtype}; images must be real numbers')
     if not (len(shape) in (2, 3) or (len(shape) == 4 and 1 in (shape[1], shape[3]))):
@@ -125,10 +122,11 @@ def npz_images(path) -> tuple[str, int]:
     if 0 in shape: raise CapsegError(f'{key} holds no images (shape {shape})')
     return key, 1 if len(shape) == 2 else shape[0]
 
-def _npz_items(path: str, name: str) -> list[Item]:
-    try: key, n = npz_images(path)
-    except CapsegError as e: return [Item(path, name, error=str(e))]
-    return [Item(path, os.path.join(name + '.npz', f'{key}_{i:04d}'), index=i, key=key) for i in range(n)]
+def _npz_items(path: str, name: str, max_bytes: int = MAX_NPZ_BYTES) -> list[Item]:
+    try: key, n = npz_images(path, max_bytes)
+    except CapsegError as e: return [Item(path, name, error=str(e).removeprefix(f'{path}: '))]
+    safe = re.sub(r'[^\w.-]', '_', key).lstrip('.') or 'images'      # a member name is never a path: no zip-slip
+    return [Item(path, os.path.join(name + '.npz', f'{safe}_{i:04d}'), index=i, key=key) for i in range(n)]
 
 @lru_cache(maxsize=2)
 def _npz_array(path: str, key: str) -> np.ndarray:
@@ -241,6 +239,21 @@ def _model_id(model) -> str:
     return os.path.abspath(model) if isinstance(model, (str, os.PathLike)) and os.path.exists(model) else str(model)
 
 # %% ../nbs/04_predict.ipynb #c7252292
+def _append(f, records: list[dict]):
+    "Append `records` to the open JSONL file `f` and flush; a full or unwritable disk is a one-line `CapsegError`."
+    try:
+        f.write(''.join(json.dumps(r) + '\n' for r in records))
+        f.flush()
+    except OSError as e:
+        raise CapsegError(f'{f.name}: cannot write the predictions ({e.strerror}); the records before are kept, '
+                          'run the same command again to go on') from None
+
+def _drop_retries(path: Path):
+    "Rewrite JSONL `path` without the records marked `retry` (a prediction that failed, not its input), to redo them."
+    records = list(read_records(path))
+    if any(r.get('retry') for r in records):
+        with atomic_write(path, 'w') as f: f.write(''.join(json.dumps(r) + '\n' for r in records if not r.get('retry')))
+
 class Predictions:
     """The records of predicting `items`, streamed when iterated: `load(item)` reads one input (in a DataLoader worker)
     and `predict(items, images)` returns a dict of fields per image of a batch. With `out`, records are appended to
@@ -281,16 +294,30 @@ class Predictions:
         self.predicted = self.failed = 0
         joined_before = torch.distributed.is_available() and torch.distributed.is_initialized()
         joined_here = init_distributed(self.device) and not joined_before
+        with nullcontext() if self.out is None else claim_output(self.out):
+            mine = self._todo()
+            yield from self._stream(mine)
+            if world_size() > 1:
+                self.predicted, self.failed = map(sum, zip(*gather_objects((self.predicted, self.failed))))
+                barrier()
+                if is_main_process(): merge_parts(self.out)
+                barrier()
+        if joined_here: torch.distributed.destroy_process_group()
+
+    def _todo(self) -> list[Item]:
+        "This process's share of the inputs without a record in `out` (those whose prediction failed are retried)."
         done = {}
         if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if is_main_process(): merge_parts(self.out)         # what a killed run left
+            if is_main_process(): merge_parts(self.out); _drop_retries(self.out / RESULTS)   # what a killed run left
             barrier()
             done = {record_id(r): 'error' in r for r in read_records(self.out / RESULTS)}
         todo = [it for it in self.items if it.id not in done]
         self.done_before = self.total - len(todo)
         self.failed_before = sum(done.get(it.id, False) for it in self.items)
-        mine = todo[rank()::world_size()]
+        return todo[rank()::world_size()]
+
+    def _stream(self, mine: list[Item]) -> Iterator[dict]:
+        "Load, predict, append and yield the records of `mine`, batch by batch."
         target = None if self.out is None else self.out / (RESULTS if world_size() == 1 else f'predictions.part{rank()}.jsonl')
         loader = DataLoader(_Loading(mine, self.load), batch_size=self.batch_size, collate_fn=list,
                             num_workers=self.workers if len(mine) > self.batch_size else 0,
@@ -303,9 +330,7 @@ class Predictions:
         try:
             for batch in loader:
                 records = self._predict_batch(batch)
-                if f:
-                    f.write(''.join(json.dumps(r) + '\n' for r in records))
-                    f.flush()
+                if f: _append(f, records)
                 bad = sum('error' in r for r in records)
                 self.failed, self.predicted = self.failed + bad, self.predicted + len(records) - bad
                 bar.update(len(records))
@@ -316,12 +341,6 @@ class Predictions:
             if f: f.close()
             torch.set_num_threads(threads)
             _npz_array.cache_clear()
-        if world_size() > 1:
-            self.predicted, self.failed = map(sum, zip(*gather_objects((self.predicted, self.failed))))
-            barrier()
-            if is_main_process(): merge_parts(self.out)
-            barrier()
-            if joined_here: torch.distributed.destroy_process_group()
 
     def _predict_batch(self, batch: list) -> list[dict]:
         "Records for a batch of `(item, image or reason)`: the images predicted together, or one by one if that fails."
@@ -332,5 +351,5 @@ class Predictions:
         except Exception:
             for it, x in ok:
                 try: fields[it.id] = self.predict([it], [x])[0]
-                except Exception as e: fields[it.id] = {'error': _reason(e)}
+                except Exception as e: fields[it.id] = {'error': _reason(e), 'retry': True}    # not the input's fault
         return [it.record(**({'error': x} if isinstance(x, str) else fields[it.id])) for it, x in batch]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import disk, ellipse, polygon
 
-from .core import CapsegError, atomic_write
+from .core import MAX_NPZ_BYTES, CapsegError, atomic_write, npz_arrays, regular_file
 
 # %% auto #0
 __all__ = ['SEG_KEYS', 'MIN_SIZE', 'SHAPES', 'SegData', 'validate_seg_arrays', 'load_seg_npz', 'save_seg_npz', 'draw_shape',
@@ -96,15 +96,14 @@ def validate_seg_arrays(arrays, source: str = 'arrays') -> SegData:
     return SegData(**out, source=source)
 
 # %% ../nbs/02_seg_data.ipynb #25238c49
-def load_seg_npz(path: str | Path) -> SegData:
-    "Load and validate a segmentation npz of the seed's format (see the table above)."
-    path = Path(path)
-    if not path.exists(): raise CapsegError(f'{path}: no such file')
-    if path.is_dir(): raise CapsegError(f'{path} is a folder, not an npz file')
+def load_seg_npz(path: str | Path, max_bytes: int = MAX_NPZ_BYTES) -> SegData:
+    "Load and validate a segmentation npz of the seed's format (see the table above), at most `max_bytes` decompressed."
+    path = regular_file(path, 'npz file')
     if not zipfile.is_zipfile(path):
         with open(path, 'rb') as f: head = f.read(6)
         kind = 'a single .npy array' if head == b'\x93NUMPY' else 'not a zip archive'
         raise CapsegError(f'{path}: not an npz file ({kind}); need an npz with {", ".join(SEG_KEYS)}')
+    npz_arrays(path, max_bytes)                 # sizes checked from the headers before anything is decompressed
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

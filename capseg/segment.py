@@ -19,19 +19,19 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .core import (CapsegError, History, atomic_torch_save, get_device, load_json, progress, save_json,
-                         seed_everything)
-from .seg_data import SegData, load_seg_npz, make_shapes
+from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, get_device, inside, load_json, load_weights,
+                   progress, save_json, seed_everything, staged)
+from .seg_data import MIN_SIZE, SegData, load_seg_npz, make_shapes
 from .plot import image_grid, plot_curves
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'PREDICT_PIXELS', 'BENCH_METHODS', 'SWEEP_METHODS',
-           'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou',
-           'RandomRot90', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet',
-           'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'fused_for_inference',
-           'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores', 'noise_sigma',
-           'piecewise_constant', 'sure_risk', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate',
-           'read_grey', 'predict', 'bench_table', 'sweep_summary', 'sweep_table', 'plot_sweep']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'RESULT_FILES', 'PREDICT_PIXELS', 'BENCH_METHODS',
+           'SWEEP_METHODS', 'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip',
+           'flip_invariant_iou', 'RandomRot90', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple',
+           'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score',
+           'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores',
+           'noise_sigma', 'piecewise_constant', 'sure_risk', 'cpu_threads', 'model_record', 'train', 'load_model',
+           'evaluate', 'read_grey', 'predict', 'bench_table', 'sweep_summary', 'sweep_table', 'plot_sweep']
 
 # %% ../nbs/05_segment.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -320,6 +320,9 @@ def sure_risk(model: nn.Module, x: torch.Tensor, sigma: float, probes: int = 2, 
     x = x.to(next(model.parameters()).device)
     recon = lambda y: piecewise_constant(y, model(y))
     c = recon(x)
+    if sigma <= 0:                         # noise-free images: the risk is the plain error, there is no noise to probe
+        model.train(was_training)
+        return ((c - x) ** 2).mean().item()
     g, eps, div = torch.Generator().manual_seed(seed), 0.01 * sigma, 0.0
     for _ in range(probes):
         b = torch.randn(x.shape, generator=g).to(x.device)
@@ -328,9 +331,9 @@ def sure_risk(model: nn.Module, x: torch.Tensor, sigma: float, probes: int = 2, 
     return ((c - x) ** 2).mean().item() - sigma ** 2 + 2 * sigma ** 2 * div / x.numel()
 
 # %% ../nbs/05_segment.ipynb #11cf579a
-def _resolve_data(data, shapes: bool, noise: float) -> SegData:
+def _resolve_data(data, shapes: bool, noise: float, max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData:
     if isinstance(data, SegData): return data
-    if data is not None: return load_seg_npz(data)
+    if data is not None: return load_seg_npz(data, max_npz_bytes)
     if shapes: return make_shapes(noise=noise)
     raise CapsegError('give --data FILE.npz or --shapes')
 
@@ -382,7 +385,7 @@ def _check_recipe(r: Recipe):
 def train(data=None, shapes: bool = False, noise: float = 0.5, out='runs/segment', epochs: int | None = None,
           arch: str = 'default', seed: int = 0, resume: bool = False, device=None, alpha: float | str | None = None,
           lr: float | None = None, batch_size: int | None = None, augment: str | None = None, widths=None,
-          supervised: bool = False, figures: bool = True, callback=None) -> dict:
+          supervised: bool = False, figures: bool = True, callback=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
     """Train a segmentation network on `data` (an npz path or `SegData`) or the noisy shapes (`shapes`), without
     masks (Chan–Vese loss); write model.pt, metrics.json and the figures into `out`; return the metrics.
     `alpha`, `lr`, `batch_size`, `augment` and `epochs` override the recipe of `arch`; `widths` fixes the network
@@ -390,15 +393,14 @@ def train(data=None, shapes: bool = False, noise: float = 0.5, out='runs/segment
     `callback(epoch, history)`, if given, is called after each epoch's checkpoint."""
     t_start = time.perf_counter()
     if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
-    d = _resolve_data(data, shapes, noise)
+    d = _resolve_data(data, shapes, noise, max_npz_bytes)
     given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)
     recipe = replace(ARCHS[arch], **{k: v for k, v in given.items() if v is not None})
     if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for
     if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
     _check_recipe(recipe)
     out, device = Path(out), get_device(device)
-    out.mkdir(parents=True, exist_ok=True)
-    with cpu_threads(recipe.threads if device.type == 'cpu' else None):
+    with claim_output(out), cpu_threads(recipe.threads if device.type == 'cpu' else None):
         return _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callback, t_start)
 
 # %% ../nbs/05_segment.ipynb #37dbd0d9
@@ -441,13 +443,30 @@ def _screen(nets: list[_Net], epoch: int) -> tuple[list[_Net], dict]:
         dict(widths=list(n.widths), risk=n.best['risk'], parameters=sum(p.numel() for p in n.model.parameters()))
         for n in nets])
 
+def _check_resume(ck: dict, path, recipe: Recipe, **now):
+    "A one-line `CapsegError` naming every setting of checkpoint `ck` that differs from this run's."
+    was = {**{k: ck.get(k) for k in now}, **ck['recipe']}
+    now = {**now, **asdict(recipe)}
+    if recipe.schedule is None: was['epochs'] = now['epochs']        # a constant learning rate: more epochs may follow
+    changed = [k for k in now if was.get(k) != now[k] and k not in ('fingerprint',)]
+    if was.get('fingerprint') != now['fingerprint']: changed.insert(0, 'data')
+    if not changed: return
+    show = lambda k: (f'other data (it was {ck.get("data_source")})' if k == 'data' else
+                      f'--{k.replace("_", "-")} {was.get(k)!r} (now {now[k]!r})')
+    raise CapsegError(f'{path} was made with ' + ', '.join(map(show, changed)) +
+                      '; resume with the same settings, or train afresh without --resume')
+
 def _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callback, t_start):
     ckpt_path, fingerprint = out / 'checkpoint.pt', _fingerprint(d)
 
     loader_gen = seed_everything(seed)
-    norm = (dict(mean=float(d.image_train.mean()), std=float(d.image_train.std()) or 1.0) if recipe.normalize
-            else dict(mean=0.0, std=1.0))
+    with np.errstate(over='ignore'):              # values near float32's limit: one line below, no warnings
+        norm = (dict(mean=float(d.image_train.mean()), std=float(d.image_train.std()) or 1.0) if recipe.normalize
+                else dict(mean=0.0, std=1.0))
     x_train = normalize(d.image_train, norm)
+    if not (np.isfinite(list(norm.values())).all() and float(x_train.abs().max()) < 1e15):
+        raise CapsegError(f'{d.source}: image values up to {float(np.abs(d.image_train).max()):.3g} overflow 32-bit '
+                          'arithmetic; rescale the images (to about 0-1)')
     sigma = float(np.median(noise_sigma(x_train[:, 0].numpy())))          # in the network's units
     alpha = recipe.kappa * sigma ** 2 if recipe.alpha == 'auto' else float(recipe.alpha)
     fit, held = _holdout(len(x_train), recipe.holdout, seed)
@@ -465,15 +484,8 @@ def _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callba
     start, train_seconds, cpu_seconds, selection, stopped = 0, 0.0, 0.0, None, False
 
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck['arch'] != arch or ck['supervised'] != supervised:
-            raise CapsegError(f'{ckpt_path} is from an --arch {ck["arch"]} run; resume with the same --arch')
-        if ck['fingerprint'] != fingerprint:
-            raise CapsegError(f'{ckpt_path} was trained on other data ({ck["data_source"]}); resume with the same data')
-        if ck['recipe'] != asdict(recipe) and not (recipe.schedule is None and
-                                                   {**ck['recipe'], 'epochs': recipe.epochs} == asdict(recipe)):
-            raise CapsegError(f'{ckpt_path} was made with other settings (epochs {ck["recipe"]["epochs"]}); '
-                              'resume with the same --epochs and options')
+        ck = load_weights(ckpt_path, 'checkpoint')
+        _check_resume(ck, ckpt_path, recipe, arch=arch, supervised=supervised, seed=seed, fingerprint=fingerprint)
         nets = [_Net(recipe, s['widths'], steps, device) for s in ck['nets']]
         for net, s in zip(nets, ck['nets']): net.load(s)
         start, selection, stopped = ck['epoch'], ck['selection'], ck['stopped']
@@ -541,39 +553,42 @@ def _results_png(x, p, masks, norm, path, n: int = 10, title: str | None = None)
     image_grid({'image': (x[:, 0] * norm['std'] + norm['mean']).numpy(), 'probability': p[:, 0].numpy(),
                 'binary': binary[:, 0].numpy(), 'mask': m[:, 0].numpy()}, path, title=title)
 
+RESULT_FILES = ('model.pt', 'curves.png', 'results_train.png', 'results_test.png')   # besides metrics.json
+
 def _finish(model, recipe, d, norm, history, out, arch, seed, supervised, train_seconds, cpu_seconds, t_start,
             figures, widths, auto):
-    x_train, x_test = normalize(d.image_train, norm), normalize(d.image_test, norm)
-    p_train, p_test = infer(model, x_train), infer(model, x_test)
-    alpha = auto['alpha']
-    tr, te = score(x_train, p_train, d.mask_train, alpha), score(x_test, p_test, d.mask_test, alpha)
-    background_high = _polarity(p_train)
-    speed = images_per_second(model, x_test)
-    base = baseline_scores(d.image_test, d.mask_test)
-    atomic_torch_save(model_record(model, recipe, norm, widths, alpha, arch=arch, flip=background_high, epochs=history.epochs,
-                                   data_source=d.source, supervised=supervised), out / 'model.pt')
-    metrics = dict(
-        test_iou=te['iou_batch_level'], test_iou_per_image=te['iou_per_image'],
-        train_iou=tr['iou_batch_level'], train_iou_per_image=tr['iou_per_image'],
-        test_loss=float(np.mean(te['loss'])), test_flipped_batches=te['flipped_batches'],
-        baseline_test_iou=base['test_iou'], baseline_test_iou_per_image=base['test_iou_per_image'],
-        train_seconds=train_seconds, train_cpu_seconds=cpu_seconds, wall_seconds=None,
-        inference_images_per_s=speed, epochs=history.epochs, arch=arch, supervised=supervised, seed=seed,
-        alpha=alpha, widths=list(widths), **{k: v for k, v in auto.items() if k != 'alpha'}, recipe=asdict(recipe), foreground='p < 0.5' if background_high else 'p > 0.5',
-        data=d.source, n_train=len(d.image_train), n_test=len(d.image_test),
-        device=str(next(model.parameters()).device), torch_threads=torch.get_num_threads(),
-        iou_definition='flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 test images '
-                       '(the seed\'s batch-level choice), mean over images; *_per_image: flip chosen per image',
-        history=history.to_dict())
-    if figures:
-        names = ['loss', 'fidelity', 'regularization', 'iou'] + ['risk'] * ('holdout/risk' in history)
-        plot_curves(history, out / 'curves.png', names=names, ncols=len(names),
-                    title=f'{arch}: mean ± std over batches; risk: SURE on held-out training images')
-        _results_png(x_train, p_train, d.mask_train, norm, out / 'results_train.png', title='train')
-        _results_png(x_test, p_test, d.mask_test, norm, out / 'results_test.png', title='test')
-    metrics['wall_seconds'] = time.perf_counter() - t_start
-    save_json(metrics, out / 'metrics.json')
-    return metrics
+    with staged(out, replaces=RESULT_FILES) as stage:
+        x_train, x_test = normalize(d.image_train, norm), normalize(d.image_test, norm)
+        p_train, p_test = infer(model, x_train), infer(model, x_test)
+        alpha = auto['alpha']
+        tr, te = score(x_train, p_train, d.mask_train, alpha), score(x_test, p_test, d.mask_test, alpha)
+        background_high = _polarity(p_train)
+        speed = images_per_second(model, x_test)
+        base = baseline_scores(d.image_test, d.mask_test)
+        atomic_torch_save(model_record(model, recipe, norm, widths, alpha, arch=arch, flip=background_high, epochs=history.epochs,
+                                       data_source=d.source, supervised=supervised), stage / 'model.pt')
+        metrics = dict(
+            test_iou=te['iou_batch_level'], test_iou_per_image=te['iou_per_image'],
+            train_iou=tr['iou_batch_level'], train_iou_per_image=tr['iou_per_image'],
+            test_loss=float(np.mean(te['loss'])), test_flipped_batches=te['flipped_batches'],
+            baseline_test_iou=base['test_iou'], baseline_test_iou_per_image=base['test_iou_per_image'],
+            train_seconds=train_seconds, train_cpu_seconds=cpu_seconds, wall_seconds=None,
+            inference_images_per_s=speed, epochs=history.epochs, arch=arch, supervised=supervised, seed=seed,
+            alpha=alpha, widths=list(widths), **{k: v for k, v in auto.items() if k != 'alpha'}, recipe=asdict(recipe), foreground='p < 0.5' if background_high else 'p > 0.5',
+            data=d.source, n_train=len(d.image_train), n_test=len(d.image_test),
+            device=str(next(model.parameters()).device), torch_threads=torch.get_num_threads(),
+            iou_definition='flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 test images '
+                           '(the seed\'s batch-level choice), mean over images; *_per_image: flip chosen per image',
+            history=history.to_dict())
+        if figures:
+            names = ['loss', 'fidelity', 'regularization', 'iou'] + ['risk'] * ('holdout/risk' in history)
+            plot_curves(history, stage / 'curves.png', names=names, ncols=len(names),
+                        title=f'{arch}: mean ± std over batches; risk: SURE on held-out training images')
+            _results_png(x_train, p_train, d.mask_train, norm, stage / 'results_train.png', title='train')
+            _results_png(x_test, p_test, d.mask_test, norm, stage / 'results_test.png', title='test')
+        metrics['wall_seconds'] = time.perf_counter() - t_start
+        save_json(metrics, stage / 'metrics.json')
+        return metrics
 
 # %% ../nbs/05_segment.ipynb #90c04765
 def load_model(path, device=None) -> tuple[nn.Module, dict]:
@@ -581,17 +596,16 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
     path = Path(path)
     if path.is_dir(): path = path / 'model.pt'
     if not path.exists(): raise CapsegError(f'{path}: no such model (train one with `capseg segment train`)')
-    try: rec = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e: raise CapsegError(f'{path}: not a readable model file ({type(e).__name__})') from None
+    rec = load_weights(path, 'model file')
     if not isinstance(rec, dict) or rec.get('format') != 'capseg.segment/1':
         raise CapsegError(f'{path}: not a capseg segmentation model')
     model = build_net(rec['arch_net'], rec['widths'])
     model.load_state_dict(rec['state_dict'])
     return model.to(get_device(device)).eval(), rec
 
-def evaluate(data, model, out=None, device=None) -> dict:
+def evaluate(data, model, out=None, device=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
     "Score the model in folder `model` on the test split of npz `data`; writes metrics.json (see the CLI)."
-    d = _resolve_data(data, False, 0.0)
+    d = _resolve_data(data, False, 0.0, max_npz_bytes)
     net, rec = load_model(model, device)
     with cpu_threads(rec['recipe'].get('threads')): return _evaluate(d, net, rec, model, out)
 
@@ -630,7 +644,10 @@ def read_grey(path) -> np.ndarray:
 
 def _load_grey(item: Item, png_scale: float = 1.0) -> np.ndarray:
     "An input in the units the network was trained in: an image file in [0, 1] × `png_scale`, an npz image as stored."
-    return read_npz_image(item) if item.key else read_grey(item.path) * np.float32(png_scale)
+    im = read_npz_image(item) if item.key else read_grey(item.path) * np.float32(png_scale)
+    if min(im.shape) < MIN_SIZE:
+        raise CapsegError(f'an image of {im.shape[0]}×{im.shape[1]} px; the network needs at least {MIN_SIZE}×{MIN_SIZE}')
+    return im
 
 PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting: bounds the network's memory on large images
 
@@ -642,14 +659,15 @@ def _segment_batch(net, rec, masks, items, images) -> list[dict]:
         x = normalize(np.stack([images[k] for k in ks]), rec['norm']).contiguous(memory_format=torch.channels_last)
         p = infer(net, x, batch_size=max(1, PREDICT_PIXELS // (h * w)))[:, 0]
         fg = (p < 0.5) if rec.get('flip') else (p > 0.5)
-        paths = None if masks is None else [os.path.join(masks, items[k].name + '.png') for k in ks]
+        paths = None if masks is None else [str(inside(masks, items[k].name + '.png')) for k in ks]
         for folder in set(map(os.path.dirname, paths or [])): os.makedirs(folder, exist_ok=True)
         for j, (k, f, frac) in enumerate(zip(ks, fg.numpy(), fg.flatten(1).float().mean(1).tolist())):
             mask = f if masks is None else save_png(f.astype(np.uint8) * 255, paths[j])
             out[k] = dict(mask=mask, foreground_fraction=round(frac, 6), height=h, width=w)
     return out
 
-def predict(model, inputs, out=None, device=None, batch_size: int = 64, workers: int | None = None) -> Predictions:
+def predict(model, inputs, out=None, device=None, batch_size: int = 64, workers: int | None = None,
+            max_npz_bytes: int = MAX_NPZ_BYTES) -> Predictions:
     """Segment image files (read as grey in [0, 1]), folders of them (searched recursively), glob patterns and npz files
     (array `images`, `image_test` or `image_train`, in their own units). Iterate the result for one record per input:
     `path` (and `index` in an npz), `mask` (a bool H×W array; with `out`, the 0/255 PNG written to `out/masks/`),
@@ -658,7 +676,7 @@ def predict(model, inputs, out=None, device=None, batch_size: int = 64, workers:
     net, rec = load_model(model, device)
     net = fused_for_inference(net)      # measured on a CPU: 32×32 images 1.7× faster in channels-last, BatchNorm folded
     masks = None if out is None else os.path.join(out, 'masks')
-    return Predictions(expand_inputs(inputs, npz=True, skip=out), partial(_load_grey, png_scale=rec.get('png_scale', 1.0)),
+    return Predictions(expand_inputs(inputs, npz=True, skip=out, max_npz_bytes=max_npz_bytes), partial(_load_grey, png_scale=rec.get('png_scale', 1.0)),
                        partial(_segment_batch, net, rec, masks), out=out, batch_size=batch_size, workers=workers,
                        device=next(net.parameters()).device, threads=rec['recipe'].get('threads'), job='segment',
                        model=model, format=lambda r: json.dumps({k: v for k, v in r.items() if k != 'mask'}),
