@@ -129,7 +129,7 @@ def _check_size(path: Path, shape: tuple, max_pixels: int | None):
 
 def _pil_array(im: Image.Image) -> np.ndarray:
     "The pixels of a Pillow image in their own dtype (native byte order): H×W, or H×W×C for colour."
-    if im.mode in ('P', 'PA'): im = im.convert('RGBA' if im.has_transparency_data else 'RGB')
+    if im.mode in ('P', 'PA'): im = im.convert('RGBA' if im.mode == 'PA' or 'transparency' in im.info else 'RGB')
     elif im.mode in _PIL_AS_RGB: im = im.convert('RGB')
     pixels = np.asarray(im)
     if im.mode == 'I' and im.format in ('PNG', 'PPM'): pixels = pixels.astype(np.uint16)   # 16-bit files held as int32
@@ -223,7 +223,7 @@ def percentile_normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8
     low_value, high_value = percentiles(image, low, high, max_samples=max_samples)
     scale = high_value - low_value if high_value > low_value else 1.0
     normalized = np.asarray(image, dtype=np.float32) - np.float32(low_value)
-    normalized *= np.float32(1 / scale)
+    normalized /= np.float32(scale)
     return normalized
 
 # %% ../nbs/01_images.ipynb #63ccc58d
