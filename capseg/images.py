@@ -172,7 +172,8 @@ def to_grey(frame: np.ndarray, channel: int | None = None) -> np.ndarray:
     n = channels.shape[2]
     if channel is not None:
         if not 0 <= operator.index(channel) < n:
-            raise CapsegError(f'channel {channel} asked for, but the image has {n} channel{"s" * (n > 1)} (0–{n - 1})')
+            plural = 's' * (n > 1)
+            raise CapsegError(f'channel {channel} asked for, but the image has {n} channel{plural} (0–{n - 1})')
         return channels[..., channel].astype(np.float32)
     if n <= 2: return channels[..., 0].astype(np.float32)
     if n > 4: raise CapsegError(f'the image has {n} channels: pick one (channel=)')
@@ -208,7 +209,7 @@ def read_region(path: str | os.PathLike, index: int, top: int, left: int, height
 # %% ../nbs/01_images.ipynb #4111acd9
 def percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.8, *,
                 max_samples: int = 2**20) -> tuple[float, float]:
-    "The `low` and `high` percentiles of an image's finite values, from a strided subsample of ≤ `max_samples` values."
+    "The `low` and `high` percentiles of an image's finite values, from a strided subsample of ≤ `max_samples`."
     image = np.asarray(image)
     step = max(1, int(np.ceil((image.size / max_samples) ** (1 / max(image.ndim, 1)))))
     sample = image[(slice(None, None, step),) * image.ndim].astype(np.float32).ravel()
@@ -237,11 +238,12 @@ def _to_uint8(frame: np.ndarray) -> np.ndarray:
         low, high = (finite.min(), finite.max()) if finite.size else (0, 1)
         if low >= 0 and high <= 1: low, high = 0, 1
     else: raise CapsegError(f'pixels of type {frame.dtype} cannot be shown')
-    scaled = (np.nan_to_num(frame.astype(np.float32), nan=low) - np.float32(low)) * np.float32(255 / max(high - low, 1e-30))
+    scaled = np.nan_to_num(frame.astype(np.float32), nan=low) - np.float32(low)
+    scaled *= np.float32(255 / max(high - low, 1e-30))
     return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 def to_rgb8(frame: np.ndarray) -> Image.Image:
-    "An 8-bit RGB Pillow image of an H×W or H×W×C frame: integers by their dtype's range, floats by [0, 1] or min–max."
+    "An 8-bit RGB Pillow image of an H×W or H×W×C frame, scaled by its dtype's range (integers) or [0, 1] (floats)."
     frame = np.asarray(frame)
     if frame.ndim == 3 and frame.shape[2] in (1, 2): frame = frame[..., 0]
     elif frame.ndim == 3 and frame.shape[2] in (3, 4): frame = frame[..., :3]

@@ -121,8 +121,8 @@ def test_region_memory_mapped(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_region(tmp_path/'big.tif', 2, 500, 650, 64, 64), big[2, 500:564, 650:])
 
 
-@pytest.mark.parametrize('make,kind', [(os.mkfifo, 'a FIFO'), (lambda p: os.symlink('/dev/zero', p), 'a character device'),
-                                       (os.mkdir, 'a folder')])
+@pytest.mark.parametrize('make,kind', [(os.mkfifo, 'a FIFO'), (os.mkdir, 'a folder'),
+                                       (lambda p: os.symlink('/dev/zero', p), 'a character device')])
 @pytest.mark.parametrize('reader', [read_image, frame_count, read_rgb8, load_image])
 def test_not_a_regular_file(tmp_path, make, kind, reader):
     path = tmp_path/'x.png'
@@ -140,7 +140,8 @@ def test_not_a_regular_file(tmp_path, make, kind, reader):
 
 def png_header(width: int, height: int) -> bytes:
     "A PNG whose header says width × height, with almost no pixel data: a huge image that costs nothing to write."
-    def chunk(kind, data): return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
     return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0))
             + chunk(b'IDAT', zlib.compress(b'\0' * 16)) + chunk(b'IEND', b''))
 
@@ -179,4 +180,5 @@ def test_caption_load_image_not_clipped(folder, name):
 @pytest.mark.parametrize('name', ['grey8.png', 'rgb8.png', 'rgba8.png', 'mask.png', 'grey8.bmp'])
 def test_caption_load_image_8bit_unchanged(folder, name):
     "8-bit files look to the captioner exactly as before: Pillow's own convert('RGB')."
-    with Image.open(folder/name) as im: np.testing.assert_array_equal(np.asarray(load_image(folder/name)), np.asarray(im.convert('RGB')))
+    with Image.open(folder/name) as im: before = np.asarray(im.convert('RGB'))
+    np.testing.assert_array_equal(np.asarray(load_image(folder/name)), before)
