@@ -23,6 +23,8 @@ __all__ = ['SPLITS', 'FLICKR8K_URLS', 'FLICKR8K_SPLIT_FILES', 'KARPATHY_SPLITS',
            'load_caption_data']
 
 # %% ../nbs/06_caption_data.ipynb #33273221
+from .images import read_rgb8
+
 SPLITS = ('train', 'val', 'test')
 
 @dataclass
@@ -47,16 +49,8 @@ class CaptionItem:
         return d
 
 def load_image(path: str | Path) -> Image.Image:
-    "Open an image file as RGB, turning a missing or unreadable file into a one-line `CapsegError`."
-    path = Path(path)
-    if not path.is_file(): raise CapsegError(f'{path}: no such image file')
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert('RGB')
-    except Exception as e:   # PIL raises several types: UnidentifiedImageError, OSError (truncated), SyntaxError, ...
-        why = str(e).splitlines()[0] if str(e) else 'corrupt'
-        raise CapsegError(f'{path}: cannot read the image ({type(e).__name__}: {why})') from None
+    "An image file as 8-bit RGB (`capseg.images.read_rgb8`: 16-bit, float and TIFF files scaled, not clipped)."
+    return read_rgb8(path)
 
 def clean_caption(s: str) -> str:
     "Lower-case, single spaces, no trailing full stop: the form captions are trained on."
