@@ -149,8 +149,8 @@ def regular_file(path: str | Path, what: str = 'file') -> Path:
     except FileNotFoundError: raise CapsegError(f'{path}: no such {what}') from None
     except OSError as e: raise CapsegError(f'{path}: cannot read it ({e.strerror})') from None
     if not stat.S_ISREG(mode):
-        kind = next((k for test, k in _KINDS.items() if test(mode)), 'not a regular file')
-        raise CapsegError(f'{path}: not a regular file ({kind}); need a {what}')
+        kind = next((k for test, k in _KINDS.items() if test(mode)), 'of an unknown kind')
+        raise CapsegError(f'{path}: not a regular file ({kind})')
     return path
 
 # %% ../nbs/00_core.ipynb #59a39126

@@ -6,14 +6,14 @@ Docs: https://capseg.github.io/capseg/images.html.md"""
 
 # %% ../nbs/01_images.ipynb #259b9387
 from __future__ import annotations
-import operator, os, stat, warnings
+import operator, os, warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .core import CapsegError
+from .core import CapsegError, regular_file
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'MAX_PIXELS', 'LUMA', 'check_file', 'frame_count', 'frame_shape', 'read_frame', 'to_grey',
@@ -26,18 +26,9 @@ MAX_PIXELS = 2**30     # pixels (height × width) of one frame read at most, unl
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS: Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 # %% ../nbs/01_images.ipynb #00d16131
-_KINDS = ((stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISSOCK, 'a socket'),
-          (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
-
 def check_file(path: str | os.PathLike) -> Path:
     "`path` as a `Path` if it is a regular file (after following links), else a one-line `CapsegError`."
-    path = Path(path)
-    try: mode = path.stat().st_mode
-    except FileNotFoundError: raise CapsegError(f'{path}: no such image file') from None
-    except OSError as e: raise CapsegError(f'{path}: cannot open the file ({e.strerror})') from None
-    if stat.S_ISREG(mode): return path
-    kind = next((name for is_kind, name in _KINDS if is_kind(mode)), 'of an unknown kind')
-    raise CapsegError(f'{path}: not a regular file ({kind})')
+    return regular_file(path, 'image file')
 
 # %% ../nbs/01_images.ipynb #69e1379d
 _TIFF_MAGIC = (b'II*\0', b'MM\0*', b'II+\0', b'MM\0+')      # classic and BigTIFF, little and big endian

@@ -18,17 +18,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .images import IMAGE_SUFFIXES
 from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, gather_objects,
                    init_distributed, is_main_process, load_json, npz_arrays, progress, rank, regular_file, save_json,
                    world_size)
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'NPZ_KEYS', 'RESULTS', 'Item', 'record_id', 'expand_inputs', 'npz_images', 'read_npz_image',
-           'save_png', 'read_records', 'merge_parts', 'Predictions']
+__all__ = ['NPZ_KEYS', 'RESULTS', 'Item', 'record_id', 'expand_inputs', 'npz_images', 'read_npz_image', 'save_png',
+           'read_records', 'merge_parts', 'Predictions']
 
 # %% ../nbs/04_predict.ipynb #adceffb3
-IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif', '.webp'})
-
 @dataclass(frozen=True, slots=True)
 class Item:
     "One input: an image file, or image `index` of array `key` of an npz file; `error` says why it cannot be read."
