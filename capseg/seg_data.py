@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import disk, ellipse, polygon
 
+from .images import frame_shape, percentile_normalize, read_frame, read_image, to_grey
 from .core import MAX_NPZ_BYTES, CapsegError, atomic_write, npz_arrays, regular_file
 
 # %% auto #0
-__all__ = ['SEG_KEYS', 'MIN_SIZE', 'SHAPES', 'SegData', 'validate_seg_arrays', 'load_seg_npz', 'save_seg_npz', 'draw_shape',
-           'make_shapes_split', 'make_shapes']
+__all__ = ['SEG_KEYS', 'MIN_SIZE', 'SHAPES', 'CROP', 'SegData', 'validate_seg_arrays', 'load_seg_npz', 'save_seg_npz',
+           'draw_shape', 'make_shapes_split', 'make_shapes', 'FrameSet', 'crop_side', 'RandomCrops']
 
 # %% ../nbs/02_seg_data.ipynb #cb482e11
 SEG_KEYS = ('image_train', 'mask_train', 'image_test', 'mask_test')
@@ -25,26 +26,30 @@ MIN_SIZE = 8                    # pixels; any larger height and width will do
 
 @dataclass(eq=False)
 class SegData:
-    "A validated segmentation data set: float32 N×H×W images and uint8 {0, 1} N×H×W masks for each split."
-    image_train: np.ndarray
-    mask_train: np.ndarray
-    image_test: np.ndarray
-    mask_test: np.ndarray
+    "Validated segmentation arrays: float32 N×H×W images and, where given, uint8 {0, 1} masks, per split."
+    image_train: np.ndarray | None
+    mask_train: np.ndarray | None = None
+    image_test: np.ndarray | None = None
+    mask_test: np.ndarray | None = None
     source: str = field(default='arrays', compare=False)
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        "The `(images, masks)` of split `name` (`'train'` or `'test'`)."
+    def split(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        "The `(images, masks)` of split `name` (`'train'` or `'test'`); None for what the data lacks."
         if name not in ('train', 'test'): raise ValueError(f'split must be train or test, not {name!r}')
         return getattr(self, f'image_{name}'), getattr(self, f'mask_{name}')
 
-    def arrays(self) -> dict[str, np.ndarray]: return {k: getattr(self, k) for k in SEG_KEYS}
+    def arrays(self) -> dict[str, np.ndarray]: return {k: getattr(self, k) for k in SEG_KEYS if getattr(self, k) is not None}
 
     def __eq__(self, other):
-        return isinstance(other, SegData) and all(np.array_equal(getattr(self, k), getattr(other, k)) for k in SEG_KEYS)
+        same = lambda a, b: (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+        return isinstance(other, SegData) and all(same(getattr(self, k), getattr(other, k)) for k in SEG_KEYS)
 
     def __repr__(self):
-        (n, h, w), m = self.image_train.shape, len(self.image_test)
-        return f'SegData({self.source}: {n} train + {m} test images of {h}×{w})'
+        count = lambda k: 0 if getattr(self, k) is None else len(getattr(self, k))
+        parts = [f'{count(f"image_{s}")} {s}' + (' (with masks)' if getattr(self, f'mask_{s}') is not None else '')
+                 for s in ('train', 'test') if getattr(self, f'image_{s}') is not None]
+        h, w = next(a for a in (self.image_train, self.image_test) if a is not None).shape[1:]
+        return f'SegData({self.source}: {" + ".join(parts)} images of {h}×{w})'
 
 # %% ../nbs/02_seg_data.ipynb #dda389bf
 def _squeeze_channel(a: np.ndarray) -> np.ndarray:
@@ -68,36 +73,40 @@ def _check_images(key: str, a, where: str) -> np.ndarray:
         if bad: raise CapsegError(f'{where}{key} has {bad} NaN or infinite value{"s" * (bad > 1)}')
     return a
 
-def _check_mask(key: str, m, images: np.ndarray, image_key: str, where: str) -> np.ndarray:
+def _check_mask(key: str, m, images: np.ndarray, image_key: str, where: str, labels: bool = False) -> np.ndarray:
     m = _check_images(key, m, where)
     if m.shape != images.shape:
         raise CapsegError(f'{where}{key} has shape {m.shape} but {image_key} has {images.shape}; they must match')
     if m.dtype == bool: return m.astype(np.uint8)
+    if labels and np.issubdtype(m.dtype, np.integer): return (m != 0).astype(np.uint8)   # a label image
     values = np.unique(m)
     if np.all(np.isin(values, (0, 1))): return m.astype(np.uint8)
     if np.all(np.isin(values, (0, 255))): return (m > 0).astype(np.uint8)
     shown = ', '.join(f'{v:g}' for v in values[:5]) + (', ...' if len(values) > 5 else '')
     raise CapsegError(f'{where}{key} is not binary: its values are {shown} (need 0/1, bool or 0/255)')
 
-def validate_seg_arrays(arrays, source: str = 'arrays') -> SegData:
-    "Check a mapping with the four seed keys and return it as a `SegData`; a `CapsegError` names what is wrong."
+def validate_seg_arrays(arrays, source: str = 'arrays', need=('image_train',), labels: bool = False) -> SegData:
+    """Check a mapping of the seed's keys (those in `need` required, the others optional; a mask needs its images) and
+    return it as a `SegData`; a `CapsegError` names what is wrong. `labels`: integer masks are label images (≠ 0)."""
     where = f'{source}: ' if source != 'arrays' else ''
-    missing = [k for k in SEG_KEYS if k not in arrays]
+    missing = [k for k in need if k not in arrays] + [f'image_{s}' for s in ('train', 'test')
+                                                      if f'mask_{s}' in arrays and f'image_{s}' not in arrays]
     if missing:
         found = ', '.join(sorted(arrays)) or 'nothing'
         raise CapsegError(f'{where}missing key{"s" * (len(missing) > 1)} {", ".join(missing)} '
-                          f'(found {found}; need {", ".join(SEG_KEYS)})')
+                          f'(found {found}; need {", ".join(need)}, and each mask key its image key)')
     out = {}
     for split in ('train', 'test'):
         ik, mk = f'image_{split}', f'mask_{split}'
+        if ik not in arrays: continue
         images = _check_images(ik, arrays[ik], where)
-        out[mk] = _check_mask(mk, arrays[mk], images, ik, where)
+        if mk in arrays: out[mk] = _check_mask(mk, arrays[mk], images, ik, where, labels)
         out[ik] = images.astype(np.float32)
-    return SegData(**out, source=source)
+    return SegData(**{'image_train': None, **out}, source=source)
 
 # %% ../nbs/02_seg_data.ipynb #25238c49
-def load_seg_npz(path: str | Path, max_bytes: int = MAX_NPZ_BYTES) -> SegData:
-    "Load and validate a segmentation npz of the seed's format (see the table above), at most `max_bytes` decompressed."
+def load_seg_npz(path: str | Path, max_bytes: int = MAX_NPZ_BYTES, need=('image_train',)) -> SegData:
+    "Load and validate a segmentation npz (see the table above; keys `need` required), at most `max_bytes` decompressed."
     path = regular_file(path, 'npz file')
     if not zipfile.is_zipfile(path):
         with open(path, 'rb') as f: head = f.read(6)
@@ -113,11 +122,11 @@ def load_seg_npz(path: str | Path, max_bytes: int = MAX_NPZ_BYTES) -> SegData:
         raise CapsegError(f'{path}: not a readable npz file ({e})') from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise CapsegError(f'{path}: not a readable npz file ({type(e).__name__}: {e})') from None
-    return validate_seg_arrays(arrays, source=str(path))
+    return validate_seg_arrays(arrays, source=str(path), need=need)
 
 def save_seg_npz(data: SegData | dict, path: str | Path, compressed: bool = True) -> Path:
     "Write `data` (a `SegData` or a dict with the four keys) as an npz of the seed's format, atomically."
-    arrays = data.arrays() if isinstance(data, SegData) else {k: np.asarray(data[k]) for k in SEG_KEYS}
+    arrays = data.arrays() if isinstance(data, SegData) else {k: np.asarray(data[k]) for k in SEG_KEYS if k in data}
     with atomic_write(path, 'wb') as f: (np.savez_compressed if compressed else np.savez)(f, **arrays)
     return Path(path)
 
@@ -191,3 +200,76 @@ def make_shapes(n_train: int = 1000, n_test: int = 1000, noise=0.5, size: int = 
     xte, mte, _ = make_shapes_split(n_test, noise, size, seed, 1, **variety)
     extra = ''.join(f', {k}={v}' for k, v in variety.items()) + (f', size={size}' if size != 32 else '')
     return SegData(xtr, mtr, xte, mte, source=f'shapes(noise={noise}, seed={seed}{extra})')
+
+# %% ../nbs/02_seg_data.ipynb #51af7103
+@dataclass(eq=False)
+class FrameSet:
+    "Grey frames of any size -- image files read lazily, or arrays -- with optional masks, normalised per frame."
+    frames: list                                   # (path, index) per frame, or 2-D arrays
+    masks: list | None = None                      # per frame: (path, index), a 2-D array, or None
+    channel: int | None = None                     # colour files: this channel (None: the BT.601 grey rule)
+    levels: tuple[float, float] | None = (1.0, 99.8)   # percentiles mapped to 0 and 1 per frame (None: as given)
+    source: str = 'images'
+
+    def __post_init__(self): self._cached = (None, None)
+    def __len__(self): return len(self.frames)
+    def __repr__(self): return f'FrameSet({self.source}: {len(self)} frames, {self.n_masks} with masks)'
+
+    @property
+    def n_masks(self) -> int: return sum(m is not None for m in self.masks or [])
+
+    def shape(self, i: int) -> tuple[int, int]:
+        "(height, width) of frame `i`, from the file's header."
+        f = self.frames[i]
+        return frame_shape(*f) if isinstance(f, tuple) else tuple(np.shape(f)[:2])
+
+    def image(self, i: int) -> np.ndarray:
+        "Frame `i` as float32 H×W, normalised by `levels` (the last frame read is cached)."
+        if self._cached[0] != i:
+            f = self.frames[i]
+            im = read_image(*f, channel=self.channel) if isinstance(f, tuple) else to_grey(np.asarray(f), self.channel)
+            self._cached = (i, im if self.levels is None else percentile_normalize(im, *self.levels))
+        return self._cached[1]
+
+    def mask(self, i: int) -> np.ndarray | None:
+        "The uint8 {0, 1} mask of frame `i` (non-zero pixels of a label image are foreground), or None."
+        m = None if self.masks is None else self.masks[i]
+        if m is None: return None
+        m = read_frame(*m) if isinstance(m, tuple) else np.asarray(m)
+        if m.ndim == 3: m = m.max(-1)
+        if m.shape != self.shape(i):
+            raise CapsegError(f'the mask of {self.name(i)} is {m.shape[0]}×{m.shape[1]}, the image {self.shape(i)}')
+        return (m != 0).astype(np.uint8)
+
+    def name(self, i: int) -> str:
+        f = self.frames[i]
+        return (f'{f[0]}' + (f'[{f[1]}]' if f[1] else '')) if isinstance(f, tuple) else f'array {i}'
+
+# %% ../nbs/02_seg_data.ipynb #7bed67ac
+CROP = 128           # the side of a training crop at most, pixels
+
+def crop_side(shapes, multiple: int) -> int:
+    "The side of the square training crops: ≤ `CROP`, ≤ every frame's sides, a multiple of `multiple` (≥ `MIN_SIZE`)."
+    side = min(CROP, *(min(s) for s in shapes))
+    return max(MIN_SIZE, side // multiple * multiple if side >= multiple else side)
+
+class RandomCrops:
+    "`per_frame[i]` random `side`×`side` crops (and mask crops) of frame `i` of `frames`, frame after frame."
+    def __init__(self, frames: FrameSet, side: int, per_frame, seed: int = 0):
+        self.frames, self.side, self.per_frame, self.seed = frames, side, list(per_frame), seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        "New crop positions and frame order for `epoch` (seeded: the same for the same seed and epoch)."
+        rng = np.random.default_rng([self.seed, epoch, 3])
+        self.plan = [(i, int(rng.integers(0, h - self.side + 1)), int(rng.integers(0, w - self.side + 1)))
+                     for i in rng.permutation(len(self.frames)) for h, w in [self.frames.shape(i)]
+                     for _ in range(self.per_frame[i])]
+
+    def __len__(self): return len(self.plan)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        i, top, left = self.plan[k]
+        rows, cols = slice(top, top + self.side), slice(left, left + self.side)
+        m = self.frames.mask(i) if self.frames.masks is not None else None
+        return self.frames.image(i)[rows, cols], (np.zeros((self.side,) * 2, np.uint8) if m is None else m[rows, cols])
