@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/caption.html.md"""
 
 # %% ../nbs/08_caption.ipynb #2d7caf89
 from __future__ import annotations
-import copy, math, pickle, re, shutil, sys, tempfile, time
+import copy, math, pickle, re, shutil, sys, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -137,8 +137,8 @@ def load_captioner(name: str | Path = 'tiny', train_captions=None) -> Captioner:
         d = _model_dir(path)
         if not (d/'config.json').is_file(): raise CapsegError(f'{path}: not a model folder (no config.json from save_pretrained)')
         try: model, tok, proc = _from_pretrained(d)
-        except pickle.UnpicklingError:   # a pytorch_model.bin, read with weights_only=True, that holds more than tensors
-            raise CapsegError(f'{d}: refused to load the model: its weights file holds Python objects, not only tensors') from None
+        except pickle.UnpicklingError:   # a pytorch_model.bin (read with weights_only=True) that holds more than tensors
+            raise CapsegError(f'{d}: refused to load the model: its weights file holds Python objects') from None
         except (OSError, ValueError, KeyError) as e: raise CapsegError(f'{d}: cannot load the model ({_first_line(e)})') from None
         tiny = (d/'capseg.json').is_file() and bool(load_json(d/'capseg.json').get('tiny'))
         return Captioner(set_special_ids(model, tok), tok, proc, str(d), tiny)
@@ -302,7 +302,7 @@ def _free_mb(path: Path) -> float:
     return shutil.disk_usage(next(p for p in (path, *path.parents) if p.is_dir())).free / 1e6
 
 def _write_folder(cap: Captioner, final: Path, info: dict, state: dict | None = None):
-    "`cap.save` + `capseg.json` (`info`) + `trainer_state.pt` (`state`, if any) into `final`, atomically: a folder, then renames; a failed write leaves no `.tmp` folder."
+    "`cap.save` + `capseg.json` + `trainer_state.pt` (`state`) into `final` atomically; a failed write leaves no `.tmp`."
     tmp, old = final.with_name(f'.{final.name}.tmp'), final.with_name(f'.{final.name}.old')
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -325,13 +325,17 @@ def _checkpoint_dir(out: Path) -> Path | None:
     return _written(out/'checkpoint', 'trainer_state.pt')
 
 def _load_state(d: Path) -> dict:
-    "`d/trainer_state.pt` read as data (`weights_only`); a file that holds more than tensors and plain containers is refused in one line, unrun."
+    "`d/trainer_state.pt` read as data (`weights_only`): anything beyond tensors and plain containers is refused, unrun."
     path = d/'trainer_state.pt'
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        with warnings.catch_warnings():   # torch's note on a pickle protocol it did not write adds nothing here
+            warnings.simplefilter('ignore', UserWarning)
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r'GLOBAL (\S+)', str(e))
-        raise CapsegError(f"{path}: refused to load: it would call {found[1] if found else 'Python code'} (capseg reads only "
-                          'tensors and plain containers from a trainer state)') from None
+        call = found[1] if found else 'Python code'
+        raise CapsegError(f'{path}: refused to load: it would call {call} (capseg reads only tensors and plain '
+                          'containers from a trainer state)') from None
     except Exception as e: raise CapsegError(f'{path}: not a readable trainer state ({_first_line(e)})') from None
     if not (isinstance(state, dict) and isinstance(state.get('config'), dict) and 'optimizer' in state):
         raise CapsegError(f'{path}: not a capseg trainer state')
@@ -483,9 +487,10 @@ _RESUME_FIXED = ('seed', 'accum', 'amp', 'freeze_encoder')                      
 _RESUME_SOURCE = ('data', 'flickr8k', 'karpathy', 'images', 'shapes', 'limit', 'model')   # what it was trained on
 
 def _check_out(out: Path):
-    "Make `out` a folder and write a probe file in it: an `--out` that is a file, read-only or full is one line, before any work."
+    "Make `out` a folder and write a probe file in it: an `--out` that is a file, read-only or full is one line."
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None: raise CapsegError(f'--out {out}: ' + ('a file' if blocker == out else f'{blocker} is a file') + ', not a folder')
+    if blocker is not None:
+        raise CapsegError(f'--out {out}: ' + ('a file' if blocker == out else f'{blocker} is a file') + ', not a folder')
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix='.capseg-probe-') as f: f.write(bytes(4096)); f.flush()
@@ -495,16 +500,21 @@ def _check_space(out: Path, cap: Captioner):
     "One line when `out`'s disk has less room than a checkpoint and `best/` of `cap` take (its weights 4 times)."
     need = 4 * sum(p.numel() * p.element_size() for p in cap.model.parameters()) / 1e6
     if (free := _free_mb(out)) < need:
-        raise CapsegError(f'--out {out}: {free:.1f} MB free on its disk; a checkpoint and the best model take about {need:.0f} MB')
+        raise CapsegError(f'--out {out}: {free:.1f} MB free on its disk; a checkpoint and the best model take about '
+                          f'{need:.0f} MB')
 
 def _resume_config(ck: Path, given: TrainConfig, source: dict) -> TrainConfig:
-    "The checkpoint's settings with this run's epochs, batch size, lr and early stop where given; one line naming any other difference."
+    "The checkpoint's settings, with this run's epochs, batch size, lr and early stop; one line naming other changes."
     state = _load_state(ck)
     saved, was = TrainConfig(**state['config']), state.get('source') or {}
-    diffs = [f'{k} {getattr(saved, k)!r}, not {getattr(given, k)!r}' for k in _RESUME_FIXED if getattr(saved, k) != getattr(given, k)]
+    diffs = [f'{k} {getattr(saved, k)!r}, not {getattr(given, k)!r}' for k in _RESUME_FIXED
+             if getattr(saved, k) != getattr(given, k)]
     diffs += [f'{k} {was[k]!r}, not {source[k]!r}' for k in _RESUME_SOURCE if k in was and was[k] != source[k]]
-    if diffs: raise CapsegError(f'--resume: the checkpoint was made with {"; ".join(diffs)} (resume with its settings, or use a new --out)')
-    return replace(saved, **{k: getattr(given, k) for k in ('epochs', 'batch_size', 'lr', 'early_stop') if getattr(given, k) is not None})
+    if diffs:
+        raise CapsegError(f'--resume: the checkpoint was made with {"; ".join(diffs)} (resume with its settings, or use '
+                          'a new --out)')
+    changeable = ('epochs', 'batch_size', 'lr', 'early_stop')
+    return replace(saved, **{k: getattr(given, k) for k in changeable if getattr(given, k) is not None})
 
 # %% ../nbs/08_caption.ipynb #a13b5183
 SHAPES_DEFAULT = dict(n_train=6000, n_val=300, n_test=300)
@@ -539,8 +549,8 @@ def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=
     ck = _checkpoint_dir(out) if resume else None
     if resume and ck is None and is_main_process(): print(f'capseg: {out}: no checkpoint to resume from; starting afresh', file=sys.stderr)
     if ck: given = _resume_config(ck, given, source)   # what this run does not say comes from the interrupted run
-    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=seed, limit=limit, allow_outside=allow_outside,
-                               **shapes_kw)
+    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=seed, limit=limit,
+                               allow_outside=allow_outside, **shapes_kw)
     cap = load_captioner(ck or model, [c for it in splits['train'] for c in it.captions])
     _check_space(out, cap)
     cfg = given.for_model(cap.tiny)

@@ -144,7 +144,7 @@ def download_flickr8k(root: str | Path, urls: dict[str, str] | None = None, keep
     return root
 
 def load_flickr8k(root: str | Path, download: bool = True, allow_outside: bool = False) -> dict[str, list[CaptionItem]]:
-    "Flickr8k's train/val/test (6000/1000/1000) as `CaptionItem`s; downloads what is missing when `download`; names must stay in the image folder (`image_path`)."
+    "Flickr8k's train/val/test (6000/1000/1000) as `CaptionItem`s (`image_path`s); downloads what is missing."
     root = Path(root)
     text, imgs = find_flickr8k(root)
     if (text is None or imgs is None) and download:
@@ -174,7 +174,7 @@ def write_seed_json(splits: dict[str, list[CaptionItem]], out: str | Path) -> Pa
 KARPATHY_SPLITS = {'train': 'train', 'restval': 'train', 'val': 'val', 'test': 'test'}
 
 def load_karpathy(path: str | Path, images: str | Path, allow_outside: bool = False) -> dict[str, list[CaptionItem]]:
-    "The train/val/test splits of a Karpathy split file (`restval` joins train); the image files, under `images` (`image_path`), are opened later."
+    "The splits of a Karpathy split file (`restval` joins train); the images, under `images` (`image_path`), open later."
     path, images = Path(path), Path(images)
     try: data = json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError: raise CapsegError(f'{path}: no such file') from None
@@ -191,9 +191,9 @@ def load_karpathy(path: str | Path, images: str | Path, allow_outside: bool = Fa
         except (KeyError, TypeError, AttributeError): ok = False
         if not ok: raise CapsegError(f'{path}: image {i} needs "filename", "split" (train, val, test or restval) and '
                                      f'"sentences" with "raw" captions; got {str(d)[:80]}')
-        if sub not in folders: folders[sub] = Path(sub) if sub and (images/sub).is_dir() else Path()   # COCO: train2014/, val2014/
-        splits[split].append(CaptionItem(name, caps, path=image_path(images, str(folders[sub]/name), f'{path} image {i}',
-                                                                     allow_outside)))
+        if sub not in folders: folders[sub] = Path(sub) if sub and (images/sub).is_dir() else Path()   # COCO: train2014/
+        file = image_path(images, str(folders[sub]/name), f'{path} image {i}', allow_outside)
+        splits[split].append(CaptionItem(name, caps, path=file))
     for s in ('train', 'test'):
         if not splits[s]: raise CapsegError(f'{path}: no {s} images')
     return splits
@@ -215,7 +215,7 @@ def read_caption_json(path: str | Path) -> list[dict]:
 
 def load_caption_folder(root: str | Path, seed: int = 0, val_frac: float = 0.1, test_frac: float = 0.1,
                         allow_outside: bool = False) -> dict[str, list[CaptionItem]]:
-    "Load `root/{train,val,test}.json` (or one `captions.json`, split at random) with images in `root/images/` or `root/` (`image_path`)."
+    "Load `root/{train,val,test}.json` (or one `captions.json`, split at random); images in `root/images/` or `root/`."
     root = Path(root)
     if not root.is_dir(): raise CapsegError(f'{root}: no such folder')
     img_dir = root/'images' if (root/'images').is_dir() else root
@@ -342,7 +342,8 @@ def caption_objects(caption: str) -> list[tuple[str | None, str]]:
 # %% ../nbs/06_caption_data.ipynb #c3ddfc79
 def load_caption_data(data: str | Path | None = None, flickr8k: str | Path | None = None, shapes: bool = False,
                       karpathy: str | Path | None = None, images: str | Path | None = None, seed: int = 0,
-                      limit: int | None = None, allow_outside: bool = False, **shape_kw) -> dict[str, list[CaptionItem]]:
+                      limit: int | None = None, allow_outside: bool = False,
+                      **shape_kw) -> dict[str, list[CaptionItem]]:
     "The splits of one source -- a caption folder, Flickr8k (downloaded when missing), a Karpathy split file with its `images` folder, or generated shapes -- each cut to its first `limit` images."
     if [data is not None, flickr8k is not None, karpathy is not None, bool(shapes)].count(True) != 1:
         raise CapsegError('give exactly one of --data, --flickr8k, --karpathy, --shapes')
