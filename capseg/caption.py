@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/caption.html.md"""
 
 # %% ../nbs/08_caption.ipynb #2d7caf89
 from __future__ import annotations
-import copy, math, shutil, sys, time
+import copy, math, pickle, re, shutil, sys, tempfile, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -137,6 +137,8 @@ def load_captioner(name: str | Path = 'tiny', train_captions=None) -> Captioner:
         d = _model_dir(path)
         if not (d/'config.json').is_file(): raise CapsegError(f'{path}: not a model folder (no config.json from save_pretrained)')
         try: model, tok, proc = _from_pretrained(d)
+        except pickle.UnpicklingError:   # a pytorch_model.bin (read with weights_only=True) that holds more than tensors
+            raise CapsegError(f'{d}: refused to load the model: its weights file holds Python objects') from None
         except (OSError, ValueError, KeyError) as e: raise CapsegError(f'{d}: cannot load the model ({_first_line(e)})') from None
         tiny = (d/'capseg.json').is_file() and bool(load_json(d/'capseg.json').get('tiny'))
         return Captioner(set_special_ids(model, tok), tok, proc, str(d), tiny)
@@ -287,17 +289,32 @@ def _lr_lambda(total: int, warmup: int):
     return f
 
 # %% ../nbs/08_caption.ipynb #5a259393
+@contextmanager
+def _writing(path: Path):
+    "A write that fails -- disk full, no permission: `OSError`, or torch's and safetensors' own errors -- as one line."
+    try: yield
+    except CapsegError: raise
+    except Exception as e:
+        raise CapsegError(f'cannot write {path} ({_first_line(e)}; {_free_mb(path):.1f} MB free on its disk)') from e
+
+def _free_mb(path: Path) -> float:
+    "The free space on the disk that holds `path` (or its nearest existing folder), in MB."
+    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.is_dir())).free / 1e6
+
 def _write_folder(cap: Captioner, final: Path, info: dict, state: dict | None = None):
-    "`cap.save` + `capseg.json` (`info`) + `trainer_state.pt` (`state`, if any) into `final`, atomically: a folder, then renames."
+    "`cap.save` + `capseg.json` + `trainer_state.pt` (`state`) into `final` atomically; a failed write leaves no `.tmp`."
     tmp, old = final.with_name(f'.{final.name}.tmp'), final.with_name(f'.{final.name}.old')
     shutil.rmtree(tmp, ignore_errors=True)
-    cap.save(tmp)
-    save_json(info, tmp/'capseg.json')
-    if state is not None: torch.save(state, tmp/'trainer_state.pt')
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
+    try:
+        with _writing(final):
+            cap.save(tmp)
+            save_json(info, tmp/'capseg.json')
+            if state is not None: torch.save(state, tmp/'trainer_state.pt')
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+            tmp.rename(final)
+    finally: shutil.rmtree(tmp, ignore_errors=True)   # what a failed or interrupted write left (gone after the rename)
     shutil.rmtree(old, ignore_errors=True)
 
 def save_checkpoint(cap: Captioner, state: dict, out: Path):
@@ -308,7 +325,21 @@ def _checkpoint_dir(out: Path) -> Path | None:
     return _written(out/'checkpoint', 'trainer_state.pt')
 
 def _load_state(d: Path) -> dict:
-    return torch.load(d/'trainer_state.pt', map_location='cpu', weights_only=False)
+    "`d/trainer_state.pt` read as data (`weights_only`): anything beyond tensors and plain containers is refused, unrun."
+    path = d/'trainer_state.pt'
+    try:
+        with warnings.catch_warnings():   # torch's note on a pickle protocol it did not write adds nothing here
+            warnings.simplefilter('ignore', UserWarning)
+            state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r'GLOBAL (\S+)', str(e))
+        call = found[1] if found else 'Python code'
+        raise CapsegError(f'{path}: refused to load: it would call {call} (capseg reads only tensors and plain '
+                          'containers from a trainer state)') from None
+    except Exception as e: raise CapsegError(f'{path}: not a readable trainer state ({_first_line(e)})') from None
+    if not (isinstance(state, dict) and isinstance(state.get('config'), dict) and 'optimizer' in state):
+        raise CapsegError(f'{path}: not a capseg trainer state')
+    return state
 
 # %% ../nbs/08_caption.ipynb #897d7a29
 def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -451,45 +482,82 @@ def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, meteor: bool 
     scored = caption_metrics(preds, refs, objects, meteor=meteor) if is_main_process() else None   # scored once
     return gather_objects(scored)[0], samples
 
+# %% ../nbs/08_caption.ipynb #90bf286e
+_RESUME_FIXED = ('seed', 'accum', 'amp', 'freeze_encoder')                          # the checkpoint's own are used
+_RESUME_SOURCE = ('data', 'flickr8k', 'karpathy', 'images', 'shapes', 'limit', 'model')   # what it was trained on
+
+def _check_out(out: Path):
+    "Make `out` a folder and write a probe file in it: an `--out` that is a file, read-only or full is one line."
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise CapsegError(f'--out {out}: ' + ('a file' if blocker == out else f'{blocker} is a file') + ', not a folder')
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix='.capseg-probe-') as f: f.write(bytes(4096)); f.flush()
+    except OSError as e: raise CapsegError(f'--out {out}: cannot write there ({e.strerror or e})') from None
+
+def _check_space(out: Path, cap: Captioner):
+    "One line when `out`'s disk has less room than a checkpoint and `best/` of `cap` take (its weights 4 times)."
+    need = 4 * sum(p.numel() * p.element_size() for p in cap.model.parameters()) / 1e6
+    if (free := _free_mb(out)) < need:
+        raise CapsegError(f'--out {out}: {free:.1f} MB free on its disk; a checkpoint and the best model take about '
+                          f'{need:.0f} MB')
+
+def _resume_config(ck: Path, given: TrainConfig, source: dict) -> TrainConfig:
+    "The checkpoint's settings, with this run's epochs, batch size, lr and early stop; one line naming other changes."
+    state = _load_state(ck)
+    saved, was = TrainConfig(**state['config']), state.get('source') or {}
+    diffs = [f'{k} {getattr(saved, k)!r}, not {getattr(given, k)!r}' for k in _RESUME_FIXED
+             if getattr(saved, k) != getattr(given, k)]
+    diffs += [f'{k} {was[k]!r}, not {source[k]!r}' for k in _RESUME_SOURCE if k in was and was[k] != source[k]]
+    if diffs:
+        raise CapsegError(f'--resume: the checkpoint was made with {"; ".join(diffs)} (resume with its settings, or use '
+                          'a new --out)')
+    changeable = ('epochs', 'batch_size', 'lr', 'early_stop')
+    return replace(saved, **{k: getattr(given, k) for k in changeable if getattr(given, k) is not None})
+
 # %% ../nbs/08_caption.ipynb #a13b5183
 SHAPES_DEFAULT = dict(n_train=6000, n_val=300, n_test=300)
 
-def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: History | None, n: int = 8):
+def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: History | None, metrics: dict, n: int = 8):
     from capseg.plot import caption_gallery, plot_curves
-    save_json(samples, out/'samples.json')
-    if hist is not None and hist.epochs:
-        plot_curves(hist, out/'curves.png', title='caption: loss (mean ± std over batches) and validation CIDEr per epoch')
-    k = min(n, len(ds))
-    if k: caption_gallery([ds.pixels[i].permute(1, 2, 0).numpy() for i in range(k)], [s['prediction'] for s in samples[:k]],
-                          [s['references'] for s in samples[:k]], path=out/'gallery.png')
+    with _writing(out):
+        save_json(samples, out/'samples.json')
+        if hist is not None and hist.epochs:
+            plot_curves(hist, out/'curves.png', title='caption: loss (mean ± std over batches) and validation CIDEr per epoch')
+        if k := min(n, len(ds)):
+            caption_gallery([ds.pixels[i].permute(1, 2, 0).numpy() for i in range(k)], [s['prediction'] for s in samples[:k]],
+                            [s['references'] for s in samples[:k]], path=out/'gallery.png')
+        save_json(metrics, out/'metrics.json')
 
 def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, model: str = 'tiny',
           out: str | Path = 'runs/caption', epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
           resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto', freeze_encoder: bool = False,
           early_stop: int | None = None, limit: int | None = None, device=None, shapes_kw: dict | None = None,
-          num_beams: int = 5, max_new_tokens: int = 30) -> dict | None:
+          num_beams: int = 5, max_new_tokens: int = 30, allow_outside: bool = False) -> dict | None:
     "Train (tiny) or fine-tune on one data source, then caption the whole test split with the best model; everything goes to `out`. Under `torchrun` every process runs it; the metrics come back in the main one (None elsewhere)."
     out, device = Path(out), get_device(device)
+    _check_out(out)
     init_distributed(device)
     seed_everything(seed)
     shapes_kw = {**SHAPES_DEFAULT, **(shapes_kw or {})} if shapes else {}
     if limit: shapes_kw = {k: min(v, limit) if k.startswith('n_') else v for k, v in shapes_kw.items()}   # generate only those
-    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=seed, limit=limit, **shapes_kw)
+    source = {'data': str(data) if data else None, 'flickr8k': str(flickr8k) if flickr8k else None,
+              'karpathy': str(karpathy) if karpathy else None, 'images': str(images) if images else None,
+              'shapes': shapes_kw or None, 'limit': limit, 'seed': seed, 'model': str(model)}
+    given = TrainConfig(epochs, batch_size, lr, accum=accum, amp=amp, freeze_encoder=freeze_encoder, early_stop=early_stop, seed=seed)
     ck = _checkpoint_dir(out) if resume else None
     if resume and ck is None and is_main_process(): print(f'capseg: {out}: no checkpoint to resume from; starting afresh', file=sys.stderr)
+    if ck: given = _resume_config(ck, given, source)   # what this run does not say comes from the interrupted run
+    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=seed, limit=limit,
+                               allow_outside=allow_outside, **shapes_kw)
     cap = load_captioner(ck or model, [c for it in splits['train'] for c in it.captions])
-    given = TrainConfig(epochs, batch_size, lr, accum=accum, amp=amp, freeze_encoder=freeze_encoder, early_stop=early_stop, seed=seed)
-    if ck:   # what this run does not say comes from the interrupted run
-        saved = TrainConfig(**_load_state(ck)['config'])
-        given = replace(saved, **{k: getattr(given, k) for k in ('epochs', 'batch_size', 'lr', 'early_stop') if getattr(given, k) is not None})
+    _check_space(out, cap)
     cfg = given.for_model(cap.tiny)
     tf = ImageTransform(cap.processor)
     dss = {s: CaptionDataset(splits[s], tf, cap.tokenizer, seed=seed, desc=s) for s in ('train', 'val', 'test')}
     if not len(dss['train']): raise CapsegError('no readable training images')
     if not len(dss['test']): raise CapsegError('no readable test images')
-    source = {'data': str(data) if data else None, 'flickr8k': str(flickr8k) if flickr8k else None,
-              'karpathy': str(karpathy) if karpathy else None, 'images': str(images) if images else None,
-              'shapes': shapes_kw or None, 'limit': limit, 'seed': seed, 'model': str(model)}
     generate_kw = dict(num_beams=num_beams, max_new_tokens=max_new_tokens)
     hist, seconds = fit(cap, dss['train'], dss['val'], out, cfg, resume=ck is not None, device=device, source=source,
                         generate_kw=generate_kw)
@@ -503,32 +571,31 @@ def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=
                    eval_seconds=round(time.time() - t0, 1), epochs=hist.epochs,
                    best_epoch=load_json(best/'capseg.json')['epoch'] if best else None, world_size=world_size(),
                    model=str(model), amp=resolve_amp(device, cfg.amp, n_params(cap.model)), history=hist.to_dict())
-    _write_outputs(out, dss['test'], samples, hist)
-    save_json(metrics, out/'metrics.json')
+    _write_outputs(out, dss['test'], samples, hist, metrics)
     return metrics
 
 def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None,
              split: str = 'test', out: str | Path | None = None, limit: int | None = None, device=None, num_beams: int = 5,
-             max_new_tokens: int = 30) -> dict | None:
+             max_new_tokens: int = 30, allow_outside: bool = False) -> dict | None:
     "The caption metrics of a trained model (its `best/` when it has one) on a whole split, the images shared out among the processes; writes `metrics.json` (the main process; None elsewhere)."
     model = Path(model)
     cap = load_captioner(model)
     d = _model_dir(model)
+    ck = _checkpoint_dir(model) or (d if (d/'trainer_state.pt').is_file() else None)
+    trained = _load_state(ck).get('train_seconds', 0.0) if ck else 0.0   # first: a refused file stops before any work
     source = load_json(d/'capseg.json') if (d/'capseg.json').is_file() else {}
     shapes_kw = {**SHAPES_DEFAULT, **(source.get('shapes') or {})} if shapes else {}
-    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=source.get('seed', 0), limit=limit, **shapes_kw)
+    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=source.get('seed', 0), limit=limit,
+                               allow_outside=allow_outside, **shapes_kw)
     ds = CaptionDataset(splits[split], ImageTransform(cap.processor), cap.tokenizer, desc=split)
     if not len(ds): raise CapsegError(f'no readable images in the {split} split')
     t0 = time.time()
     metrics, samples = score_dataset(cap, ds, device=device, num_beams=num_beams, max_new_tokens=max_new_tokens)
     if not is_main_process(): return None
-    ck = _checkpoint_dir(model) or (d if (d/'trainer_state.pt').is_file() else None)
-    metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split,
-                   train_seconds=round(_load_state(ck).get('train_seconds', 0.0), 1) if ck else 0.0,
+    metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split, train_seconds=round(trained, 1),
                    eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d), world_size=world_size())
     out = Path(out) if out else model
-    _write_outputs(out, ds, samples, None)
-    save_json(metrics, out/'metrics.json')
+    _write_outputs(out, ds, samples, None, metrics)
     return metrics
 
 # %% ../nbs/08_caption.ipynb #34e979ce

@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/caption_data.html.md"""
 
 # %% ../nbs/06_caption_data.ipynb #66fcab19
 from __future__ import annotations
-import json, random, re, shutil, urllib.request, zipfile
+import json, os, random, re, shutil, urllib.request, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from .core import CapsegError, atomic_write, progress, save_json
 
 # %% auto #0
 __all__ = ['SPLITS', 'FLICKR8K_URLS', 'FLICKR8K_SPLIT_FILES', 'KARPATHY_SPLITS', 'COLOURS', 'SHAPE_NAMES', 'CaptionItem',
-           'load_image', 'clean_caption', 'parse_flickr8k_tokens', 'read_image_list', 'find_flickr8k',
+           'load_image', 'clean_caption', 'image_path', 'parse_flickr8k_tokens', 'read_image_list', 'find_flickr8k',
            'download_flickr8k', 'load_flickr8k', 'write_seed_json', 'load_karpathy', 'read_caption_json',
            'load_caption_folder', 'save_caption_folder', 'paint_shape', 'captioned_shapes', 'caption_objects',
            'load_caption_data']
@@ -56,6 +56,15 @@ def clean_caption(s: str) -> str:
     "Lower-case, single spaces, no trailing full stop: the form captions are trained on."
     s = ' '.join(str(s).lower().split())
     return re.sub(r'\s*\.$', '', s).strip()
+
+# %% ../nbs/06_caption_data.ipynb #900201d2
+def image_path(folder: str | Path, name: str, where: str, allow_outside: bool = False) -> Path:
+    "`folder/name`; a one-line `CapsegError` naming `where` when it resolves outside `folder`, unless `allow_outside`."
+    path = Path(folder)/name
+    root = os.path.realpath(folder)
+    if not allow_outside and os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise CapsegError(f"{where}: image {name!r} lies outside {folder} (pass --allow-outside to allow it)")
+    return path
 
 # %% ../nbs/06_caption_data.ipynb #837dde52
 FLICKR8K_URLS = {
@@ -128,8 +137,8 @@ def download_flickr8k(root: str | Path, urls: dict[str, str] | None = None, keep
         if not keep_zips: zpath.unlink()
     return root
 
-def load_flickr8k(root: str | Path, download: bool = True) -> dict[str, list[CaptionItem]]:
-    "Flickr8k's train/val/test (6000/1000/1000) as `CaptionItem`s; downloads what is missing when `download`."
+def load_flickr8k(root: str | Path, download: bool = True, allow_outside: bool = False) -> dict[str, list[CaptionItem]]:
+    "Flickr8k's train/val/test (6000/1000/1000) as `CaptionItem`s (`image_path`s); downloads what is missing."
     root = Path(root)
     text, imgs = find_flickr8k(root)
     if (text is None or imgs is None) and download:
@@ -143,7 +152,8 @@ def load_flickr8k(root: str | Path, download: bool = True) -> dict[str, list[Cap
         names = read_image_list(text/fname)
         unknown = [n for n in names if n not in caps]
         if unknown: raise CapsegError(f'{text/fname}: {len(unknown)} images have no captions, e.g. {unknown[0]}')
-        splits[split] = [CaptionItem(n, caps[n], path=imgs/n) for n in names]
+        splits[split] = [CaptionItem(n, caps[n], path=image_path(imgs, n, f'{text/fname} entry {i}', allow_outside))
+                         for i, n in enumerate(names)]
     return splits
 
 # %% ../nbs/06_caption_data.ipynb #5c4615d3
@@ -157,8 +167,8 @@ def write_seed_json(splits: dict[str, list[CaptionItem]], out: str | Path) -> Pa
 # %% ../nbs/06_caption_data.ipynb #2b401646
 KARPATHY_SPLITS = {'train': 'train', 'restval': 'train', 'val': 'val', 'test': 'test'}
 
-def load_karpathy(path: str | Path, images: str | Path) -> dict[str, list[CaptionItem]]:
-    "The train/val/test splits of a Karpathy split file (`restval` joins train); the image files, under `images`, are opened later."
+def load_karpathy(path: str | Path, images: str | Path, allow_outside: bool = False) -> dict[str, list[CaptionItem]]:
+    "The splits of a Karpathy split file (`restval` joins train); the images, under `images` (`image_path`), open later."
     path, images = Path(path), Path(images)
     try: data = json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError: raise CapsegError(f'{path}: no such file') from None
@@ -175,8 +185,9 @@ def load_karpathy(path: str | Path, images: str | Path) -> dict[str, list[Captio
         except (KeyError, TypeError, AttributeError): ok = False
         if not ok: raise CapsegError(f'{path}: image {i} needs "filename", "split" (train, val, test or restval) and '
                                      f'"sentences" with "raw" captions; got {str(d)[:80]}')
-        if sub not in folders: folders[sub] = images/sub if sub and (images/sub).is_dir() else images   # COCO: train2014/, val2014/
-        splits[split].append(CaptionItem(name, caps, path=folders[sub]/name))
+        if sub not in folders: folders[sub] = Path(sub) if sub and (images/sub).is_dir() else Path()   # COCO: train2014/
+        file = image_path(images, str(folders[sub]/name), f'{path} image {i}', allow_outside)
+        splits[split].append(CaptionItem(name, caps, path=file))
     for s in ('train', 'test'):
         if not splits[s]: raise CapsegError(f'{path}: no {s} images')
     return splits
@@ -196,24 +207,27 @@ def read_caption_json(path: str | Path) -> list[dict]:
         if not ok: raise CapsegError(f'{path}: entry {i} must be {{"image": name, "captions": [non-empty strings]}}, got {str(d)[:80]}')
     return data
 
-def load_caption_folder(root: str | Path, seed: int = 0, val_frac: float = 0.1,
-                        test_frac: float = 0.1) -> dict[str, list[CaptionItem]]:
-    "Load `root/{train,val,test}.json` (or one `captions.json`, split at random) with images in `root/images/` or `root/`."
+def load_caption_folder(root: str | Path, seed: int = 0, val_frac: float = 0.1, test_frac: float = 0.1,
+                        allow_outside: bool = False) -> dict[str, list[CaptionItem]]:
+    "Load `root/{train,val,test}.json` (or one `captions.json`, split at random); images in `root/images/` or `root/`."
     root = Path(root)
     if not root.is_dir(): raise CapsegError(f'{root}: no such folder')
     img_dir = root/'images' if (root/'images').is_dir() else root
+    def read(name: str) -> list[CaptionItem]:
+        data = read_caption_json(root/name)
+        return [CaptionItem(d['image'], list(d['captions']), objects=d.get('objects'),
+                            path=image_path(img_dir, d['image'], f'{root/name} entry {i}', allow_outside))
+                for i, d in enumerate(data)]
     if (root/'train.json').is_file():
         if not (root/'test.json').is_file(): raise CapsegError(f'{root}: train.json but no test.json')
-        raw = {s: read_caption_json(root/f'{s}.json') for s in SPLITS if (root/f'{s}.json').is_file()}
-        raw.setdefault('val', raw['test'])
+        splits = {s: read(f'{s}.json') for s in SPLITS if (root/f'{s}.json').is_file()}
+        splits.setdefault('val', splits['test'])
     elif (root/'captions.json').is_file():
-        data = read_caption_json(root/'captions.json')
-        random.Random(seed).shuffle(data)
-        nv, nt = int(round(len(data) * val_frac)), int(round(len(data) * test_frac))
-        raw = {'test': data[:nt], 'val': data[nt:nt + nv], 'train': data[nt + nv:]}
+        items = read('captions.json')
+        random.Random(seed).shuffle(items)
+        nv, nt = int(round(len(items) * val_frac)), int(round(len(items) * test_frac))
+        splits = {'test': items[:nt], 'val': items[nt:nt + nv], 'train': items[nt + nv:]}
     else: raise CapsegError(f'{root}: no train.json + test.json, and no captions.json')
-    splits = {s: [CaptionItem(d['image'], list(d['captions']), path=img_dir/d['image'], objects=d.get('objects'))
-                  for d in raw[s]] for s in SPLITS}
     if not splits['train']: raise CapsegError(f'{root}: the training split is empty')
     if not splits['test']: raise CapsegError(f'{root}: no test images (give test.json or more images)')
     return splits
@@ -322,14 +336,15 @@ def caption_objects(caption: str) -> list[tuple[str | None, str]]:
 # %% ../nbs/06_caption_data.ipynb #c3ddfc79
 def load_caption_data(data: str | Path | None = None, flickr8k: str | Path | None = None, shapes: bool = False,
                       karpathy: str | Path | None = None, images: str | Path | None = None, seed: int = 0,
-                      limit: int | None = None, **shape_kw) -> dict[str, list[CaptionItem]]:
+                      limit: int | None = None, allow_outside: bool = False,
+                      **shape_kw) -> dict[str, list[CaptionItem]]:
     "The splits of one source -- a caption folder, Flickr8k (downloaded when missing), a Karpathy split file with its `images` folder, or generated shapes -- each cut to its first `limit` images."
     if [data is not None, flickr8k is not None, karpathy is not None, bool(shapes)].count(True) != 1:
         raise CapsegError('give exactly one of --data, --flickr8k, --karpathy, --shapes')
     if (karpathy is None) != (images is None): raise CapsegError('--karpathy JSON and --images DIR go together')
     if limit is not None and limit < 1: raise CapsegError(f'--limit must be at least 1, not {limit}')
     if shapes: splits = captioned_shapes(seed=seed, **shape_kw)
-    elif flickr8k is not None: splits = load_flickr8k(flickr8k)
-    elif karpathy is not None: splits = load_karpathy(karpathy, images)
-    else: splits = load_caption_folder(data, seed=seed)
+    elif flickr8k is not None: splits = load_flickr8k(flickr8k, allow_outside=allow_outside)
+    elif karpathy is not None: splits = load_karpathy(karpathy, images, allow_outside)
+    else: splits = load_caption_folder(data, seed=seed, allow_outside=allow_outside)
     return {s: items[:limit] for s, items in splits.items()}

@@ -67,6 +67,8 @@ def _caption_parser(sub):
         src.add_argument('--shapes', action='store_true', help='generate the captioned-shapes data set')
         p.add_argument('--images', type=Path, metavar='DIR', help='the image folder of --karpathy (COCO: the one holding train2014/, val2014/)')
         p.add_argument('--limit', type=int, metavar='N', help='only the first N images of each split (--shapes: generates only those), for a quick run')
+        p.add_argument('--allow-outside', action='store_true',
+                       help='accept image paths in the caption data that lead outside its image folder (../, absolute, links)')
     def generate_args(p):
         p.add_argument('--beams', dest='num_beams', type=int, default=5, help='beam width of caption generation (default 5)')
         p.add_argument('--max-new-tokens', type=int, default=30, help='longest generated caption, in tokens (default 30)')
