@@ -6,17 +6,23 @@ Docs: https://capseg.github.io/capseg/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #48c8e6b9
 from __future__ import annotations
-import json, os, random, tempfile
+import json, os, random, sys, tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
+from importlib.util import find_spec
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+# tqdm.auto draws notebook bars with ipywidgets; without it, text bars (tqdm.std) rather than a TqdmWarning
+if find_spec('ipywidgets'): from tqdm.auto import tqdm
+else: from tqdm.std import tqdm
 
 # %% auto #0
 __all__ = ['CapsegError', 'get_device', 'world_size', 'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects',
-           'seed_everything', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'History', 'progress']
+           'seed_everything', 'kept_global_rng', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
+           'History', 'quiet_output', 'progress', 'say']
 
 # %% ../nbs/00_core.ipynb #ab656aff
 class CapsegError(ValueError):
@@ -73,6 +79,16 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #a61c2288
+@contextmanager
+def kept_global_rng():
+    "Restore the global `random`, NumPy and torch (CPU and CUDA) generators' states on exit."
+    py, npy = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try: yield
+        finally: random.setstate(py); np.random.set_state(npy)
 
 # %% ../nbs/00_core.ipynb #fc628e51
 @contextmanager
@@ -138,6 +154,20 @@ class History:
     def __repr__(self): return f'History({self.epochs} epochs: {", ".join(self.keys())})'
 
 # %% ../nbs/00_core.ipynb #8f280875
-def progress(iterable=None, **kwargs):
-    "A tqdm progress bar that stays quiet when stderr is not a TTY, and in every process but the main one."
-    return tqdm(iterable, disable=None if is_main_process() else True, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
+_QUIET = ContextVar('capseg_quiet', default=False)
+
+@contextmanager
+def quiet_output(quiet: bool = True):
+    "Within: no `progress` bars and no `say` lines when `quiet` (or an enclosing call is quiet)."
+    token = _QUIET.set(quiet or _QUIET.get())
+    try: yield
+    finally: _QUIET.reset(token)
+
+def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
+    "A tqdm progress bar that stays quiet when stderr is not a TTY, in every process but the main one, and when quiet."
+    off = True if _QUIET.get() or not is_main_process() else None
+    return tqdm(iterable, disable=off, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
+
+def say(message: str):
+    "Print `message` on stderr (beside any progress bar), in the main process, unless quiet."
+    if is_main_process() and not _QUIET.get(): tqdm.write(message, file=sys.stderr)
