@@ -6,12 +6,12 @@ Docs: https://capseg.github.io/capseg/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #48c8e6b9
 from __future__ import annotations
-import json, os, random, sys, tempfile
+import functools, inspect, json, os, random, sys, tempfile
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ else: from tqdm.std import tqdm
 # %% auto #0
 __all__ = ['CapsegError', 'get_device', 'world_size', 'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects',
            'seed_everything', 'kept_global_rng', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
-           'History', 'quiet_output', 'progress', 'say']
+           'History', 'quiet_output', 'quiet_when_asked', 'progress', 'say']
 
 # %% ../nbs/00_core.ipynb #ab656aff
 class CapsegError(ValueError):
@@ -162,6 +162,16 @@ def quiet_output(quiet: bool = True):
     token = _QUIET.set(quiet or _QUIET.get())
     try: yield
     finally: _QUIET.reset(token)
+
+def quiet_when_asked(f: Callable) -> Callable:
+    "Decorate `f`, which has a `quiet` argument: its calls run within `quiet_output(quiet)`."
+    sig = inspect.signature(f)
+    @functools.wraps(f)
+    def call(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with quiet_output(bound.arguments['quiet']): return f(*args, **kwargs)
+    return call
 
 def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
     "A tqdm progress bar that stays quiet when stderr is not a TTY, in every process but the main one, and when quiet."
