@@ -11,10 +11,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
+
 # tqdm.auto draws notebook bars with ipywidgets; without it, text bars (tqdm.std) rather than a TqdmWarning
 if find_spec('ipywidgets'): from tqdm.auto import tqdm
 else: from tqdm.std import tqdm
@@ -65,7 +67,7 @@ def barrier():
     "Wait for every process (no-op in a single process)."
     if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.barrier()
 
-def gather_objects(obj) -> list:
+def gather_objects(obj: Any) -> list:
     "Every rank's `obj`, in rank order, on every rank (`[obj]` in a single process)."
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return [obj]
     out = [None] * torch.distributed.get_world_size()
@@ -128,7 +130,7 @@ class History:
         "Append one epoch: each keyword is a name (`/` written as `__`) and an array of values, or a scalar."
         for name, v in values.items(): self.add(name.replace('__', '/'), v)
 
-    def add(self, name: str, values):
+    def add(self, name: str, values: ArrayLike):
         "Append the mean and std of `values` (array-like or scalar) to `name`."
         v = np.asarray(values, dtype=np.float64).ravel()
         self.data.setdefault(name, []).append((float(v.mean()), float(v.std()) if v.size > 1 else 0.0))
@@ -148,7 +150,7 @@ class History:
         self.data = {k: v[:epochs] for k, v in self.data.items()}
 
     def to_dict(self) -> dict: return {k: [list(t) for t in v] for k, v in self.data.items()}
-    def save(self, path): return save_json(self.to_dict(), path)
+    def save(self, path: str | Path) -> Path: return save_json(self.to_dict(), path)
     @classmethod
     def load(cls, path): return cls(load_json(path))
     def __repr__(self): return f'History({self.epochs} epochs: {", ".join(self.keys())})'
