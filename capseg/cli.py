@@ -8,16 +8,19 @@ Docs: https://capseg.github.io/capseg/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, json, os, sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-from .core import CapsegError, save_json
+from . import __version__
+
+if TYPE_CHECKING: from capseg.predict import Predictions   # imported when used: it imports torch
 
 # %% auto #0
 __all__ = ['CAPTION_SCORES', 'build_parser', 'import_error_message', 'demo', 'run', 'headline', 'summary', 'demo_table', 'main']
 
 # %% ../nbs/09_cli.ipynb #e5f99918
-def _json_flag(p):
+def _output_flags(p: argparse.ArgumentParser, quiet: bool = True):
     p.add_argument('--json', action='store_true', help='print the metrics as JSON (without the history) instead of a summary')
+    if quiet: p.add_argument('-q', '--quiet', action='store_true', help='no progress bars or per-epoch lines; only the result')
 
 def _alpha(s: str):
     if s == 'auto': return s
@@ -28,7 +31,7 @@ def _max_npz_bytes(p):
     p.add_argument('--max-npz-bytes', type=int, default=argparse.SUPPRESS, metavar='N',
                    help='refuse an npz whose arrays decompress to more than N bytes (default 2 GiB), before reading it')
 
-def _segment_parser(sub):
+def _segment_parser(sub: argparse._SubParsersAction):
     seg = sub.add_parser('segment', help='unsupervised Chan-Vese segmentation').add_subparsers(dest='action', required=True)
     p = seg.add_parser('train', help='train a segmentation network without masks')
     src = p.add_mutually_exclusive_group(required=True)
@@ -46,17 +49,17 @@ def _segment_parser(sub):
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
     _max_npz_bytes(p)
-    _json_flag(p)
+    _output_flags(p)
     p = seg.add_parser('eval', help='score a trained model on an npz test split')
     p.add_argument('--data', type=Path, required=True)
     p.add_argument('--model', type=Path, required=True, help='folder written by `segment train`')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     _max_npz_bytes(p)
-    _json_flag(p)
+    _output_flags(p, quiet=False)
     _predict_parser(seg, 'segment')
 
 # %% ../nbs/09_cli.ipynb #ca86bf61
-def _caption_parser(sub):
+def _caption_parser(sub: argparse._SubParsersAction):
     cap = sub.add_parser('caption', help='image captioning (ViT-GPT2)').add_subparsers(dest='action', required=True)
     def data_args(p):
         src = p.add_mutually_exclusive_group(required=True)
@@ -86,22 +89,18 @@ def _caption_parser(sub):
     generate_args(p)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resume', action='store_true')
-    _json_flag(p)
+    _output_flags(p)
     p = cap.add_parser('eval', help='the caption metrics on a whole split (of --model\'s best/ when it has one)')
     data_args(p)
     p.add_argument('--model', type=Path, required=True)
     p.add_argument('--split', default='test', choices=['train', 'val', 'test'])
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     generate_args(p)
-    _json_flag(p)
+    _output_flags(p, quiet=False)
     _predict_parser(cap, 'caption')
 
-# %% ../nbs/09_cli.ipynb #8ea32e5d
-from .core import is_main_process, world_size
-from .predict import RESULTS, Predictions
-
 # %% ../nbs/09_cli.ipynb #129c5ef0
-def _predict_parser(job_subparsers, job: str):
+def _predict_parser(job_subparsers: argparse._SubParsersAction, job: str):
     "`capseg JOB predict`: the same inputs, output and loader options for both jobs."
     segment = job == 'segment'
     npz = ', npz files' if segment else ''
@@ -120,6 +119,8 @@ def _predict_parser(job_subparsers, job: str):
 
 def _print_predictions(preds: Predictions) -> int:
     "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."
+    from capseg.core import is_main_process, world_size
+    from capseg.predict import RESULTS
     main, results = is_main_process(), None if preds.out is None else preds.out / RESULTS
     try:
         for r in preds:
@@ -146,12 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     "The `capseg` argument parser."
     parser = argparse.ArgumentParser(prog='capseg', description=__doc__ or
         'Image captioning (ViT-GPT2) and unsupervised Chan-Vese segmentation.')
+    parser.add_argument('-V', '--version', action='version', version=f'capseg {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
     _segment_parser(sub)
     _caption_parser(sub)
     p = sub.add_parser('demo', help='both embedded defaults end to end (a few minutes on a laptop CPU)')
     p.add_argument('--out', type=Path, default=Path('runs/demo'))
-    _json_flag(p)
+    _output_flags(p)
     return parser
 
 # %% ../nbs/09_cli.ipynb #04d35e8c
@@ -207,6 +209,7 @@ def import_error_message(e: BaseException, what: str) -> str | None:
 
 def _call(module: str, func: str, **kwargs):
     "Run `capseg.<module>.<func>(**kwargs)`; a dependency that is missing or broken becomes a one-line `CapsegError`."
+    from capseg.core import CapsegError                       # here: capseg.core imports torch
     what = f'capseg {module}'
     try: mod = importlib.import_module(f'capseg.{module}')
     except Exception as e:                    # a broken package may raise more than ImportError (RuntimeError, ...)
@@ -220,11 +223,12 @@ def _call(module: str, func: str, **kwargs):
         raise CapsegError(message) from e
 
 # %% ../nbs/09_cli.ipynb #e2a5f068
-def demo(out: Path = Path('runs/demo')) -> dict:
+def demo(out: str | Path = Path('runs/demo'), quiet: bool = False) -> dict:
     "Run both embedded defaults: segmentation on noisy shapes, captioning on captioned shapes with the tiny model."
+    from capseg.core import save_json
     out = Path(out)
-    seg = _call('segment', 'train', data=None, shapes=True, out=out/'segment')
-    cap = _call('caption', 'train', data=None, flickr8k=None, shapes=True, model='tiny', out=out/'caption')
+    seg = _call('segment', 'train', data=None, shapes=True, out=out/'segment', quiet=quiet)
+    cap = _call('caption', 'train', data=None, flickr8k=None, shapes=True, model='tiny', out=out/'caption', quiet=quiet)
     keep = lambda m: {k: v for k, v in m.items() if k != 'history'}
     metrics = {'segment': keep(seg), 'caption': keep(cap)}
     save_json(metrics, out/'metrics.json')
@@ -240,13 +244,13 @@ def run(argv: list[str] | None = None):
     return _call(command, _FUNCS[action], **args)
 
 # %% ../nbs/09_cli.ipynb #8d16d3c3
-def _num(v, spec: str, unit: str = '') -> str:
+def _num(v: object, spec: str, unit: str = '') -> str:
     "`v` formatted with `spec`, or '' when it is not a number (a key this run did not write)."
     return f'{v:{spec}}{unit}' if isinstance(v, (int, float)) and not isinstance(v, bool) else ''
 
-def _join(parts, sep: str = ', ') -> str: return sep.join(p for p in parts if p)
+def _join(parts: Iterable[str], sep: str = ', ') -> str: return sep.join(p for p in parts if p)
 
-def _count(v, one: str, many: str) -> str: return f'{v} {one if v == 1 else many}' if _num(v, 'd') else ''
+def _count(v: object, one: str, many: str) -> str: return f'{v} {one if v == 1 else many}' if _num(v, 'd') else ''
 
 CAPTION_SCORES = {'bleu4': 'BLEU-4', 'cider': 'CIDEr', 'meteor': 'METEOR', 'rouge_l': 'ROUGE-L'}
 
@@ -269,10 +273,10 @@ def _network(m: dict) -> str:
         net += f", the lowest held-out risk of {len(sel['candidates'])}"
     return net
 
-def _figures(folder) -> list[str]:
+def _figures(folder: str | Path | None) -> list[str]:
     return sorted(str(p) for p in Path(folder).glob('*.png')) if folder is not None and Path(folder).is_dir() else []
 
-def summary(metrics: dict, out=None, title: str | None = None) -> str:
+def summary(metrics: dict, out: str | Path | None = None, title: str | None = None) -> str:
     """A few lines for a person: what the run used, the headline metrics beside the baseline, the time, and where the
     figures and `metrics.json` are (in folder `out`). Keys the run did not write are left out; the history stays in
     metrics.json."""
@@ -305,7 +309,7 @@ def summary(metrics: dict, out=None, title: str | None = None) -> str:
         rows['next'] = f"capseg {'segment' if 'test_iou' in m else 'caption'} predict --model {out} IMAGE ..."
     return '\n'.join(([title] if title else []) + [f'  {k:<10} {v}' for k, v in rows.items() if v])
 
-def demo_table(metrics: dict, out) -> str:
+def demo_table(metrics: dict, out: str | Path) -> str:
     "`capseg demo`'s two jobs side by side (folder `out`): result, baseline, training time and where the pictures are."
     rows = [('job', 'result', 'baseline', 'training', 'pictures')]
     for job, m in metrics.items():
@@ -327,7 +331,7 @@ def _title(args: argparse.Namespace) -> str:
     title = f'capseg {args.command} {args.action}' + (f" of {a['model']}" if args.action == 'eval' else '')
     return f'{title} on {source}' if source else title
 
-def _print(result, args: argparse.Namespace):
+def _print(result: object, args: argparse.Namespace):
     "Print what a command returned: metrics as JSON for `--json` (without the history), else a summary for a person."
     if isinstance(result, list):
         for r in result: print(r if isinstance(r, str) else json.dumps(r))
@@ -340,7 +344,10 @@ def _print(result, args: argparse.Namespace):
 
 def main(argv: list[str] | None = None):
     "Entry point of the `capseg` console script."
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)                    # --help, --version and usage errors exit here, at once
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')       # before torch is imported (see above)
+    from capseg.core import CapsegError
+    from capseg.predict import Predictions
     try:
         result = run(argv)
         if isinstance(result, Predictions): sys.exit(_print_predictions(result))   # exit 1: some inputs failed

@@ -6,19 +6,27 @@ Docs: https://capseg.github.io/capseg/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #48c8e6b9
 from __future__ import annotations
-import json, math, os, pickle, random, shutil, stat, tempfile
+import functools, inspect, json, math, os, pickle, random, shutil, stat, sys, tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
+from importlib.util import find_spec
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from numpy.typing import ArrayLike
+
+# tqdm.auto draws notebook bars with ipywidgets; without it, text bars (tqdm.std) rather than a TqdmWarning
+if find_spec('ipywidgets'): from tqdm.auto import tqdm
+else: from tqdm.std import tqdm
 
 # %% auto #0
 __all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'get_device', 'world_size',
            'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects', 'seed_everything',
-           'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'load_weights', 'first_line', 'inside',
-           'regular_file', 'npz_arrays', 'claim_output', 'staged', 'finish_staged', 'History', 'progress']
+           'kept_global_rng', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'load_weights',
+           'first_line', 'inside', 'regular_file', 'npz_arrays', 'claim_output', 'staged', 'finish_staged', 'History',
+           'quiet_output', 'quiet_when_asked', 'progress', 'say']
 
 # %% ../nbs/00_core.ipynb #ab656aff
 class CapsegError(ValueError):
@@ -61,7 +69,7 @@ def barrier():
     "Wait for every process (no-op in a single process)."
     if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.barrier()
 
-def gather_objects(obj) -> list:
+def gather_objects(obj: Any) -> list:
     "Every rank's `obj`, in rank order, on every rank (`[obj]` in a single process)."
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return [obj]
     out = [None] * torch.distributed.get_world_size()
@@ -75,6 +83,16 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #a61c2288
+@contextmanager
+def kept_global_rng():
+    "Restore the global `random`, NumPy and torch (CPU and CUDA) generators' states on exit."
+    py, npy = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try: yield
+        finally: random.setstate(py); np.random.set_state(npy)
 
 # %% ../nbs/00_core.ipynb #fc628e51
 def _umask() -> int:
@@ -250,7 +268,7 @@ class History:
         "Append one epoch: each keyword is a name (`/` written as `__`) and an array of values, or a scalar."
         for name, v in values.items(): self.add(name.replace('__', '/'), v)
 
-    def add(self, name: str, values):
+    def add(self, name: str, values: ArrayLike):
         "Append the mean and std of `values` (array-like or scalar) to `name`."
         v = np.asarray(values, dtype=np.float64).ravel()
         self.data.setdefault(name, []).append((float(v.mean()), float(v.std()) if v.size > 1 else 0.0))
@@ -270,12 +288,36 @@ class History:
         self.data = {k: v[:epochs] for k, v in self.data.items()}
 
     def to_dict(self) -> dict: return {k: [list(t) for t in v] for k, v in self.data.items()}
-    def save(self, path): return save_json(self.to_dict(), path)
+    def save(self, path: str | Path) -> Path: return save_json(self.to_dict(), path)
     @classmethod
     def load(cls, path): return cls(load_json(path))
     def __repr__(self): return f'History({self.epochs} epochs: {", ".join(self.keys())})'
 
 # %% ../nbs/00_core.ipynb #8f280875
-def progress(iterable=None, **kwargs):
-    "A tqdm progress bar that stays quiet when stderr is not a TTY, and in every process but the main one."
-    return tqdm(iterable, disable=None if is_main_process() else True, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
+_QUIET = ContextVar('capseg_quiet', default=False)
+
+@contextmanager
+def quiet_output(quiet: bool = True):
+    "Within: no `progress` bars and no `say` lines when `quiet` (or an enclosing call is quiet)."
+    token = _QUIET.set(quiet or _QUIET.get())
+    try: yield
+    finally: _QUIET.reset(token)
+
+def quiet_when_asked(f: Callable) -> Callable:
+    "Decorate `f`, which has a `quiet` argument: its calls run within `quiet_output(quiet)`."
+    sig = inspect.signature(f)
+    @functools.wraps(f)
+    def call(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with quiet_output(bound.arguments['quiet']): return f(*args, **kwargs)
+    return call
+
+def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
+    "A tqdm progress bar that stays quiet when stderr is not a TTY, in every process but the main one, and when quiet."
+    off = True if _QUIET.get() or not is_main_process() else None
+    return tqdm(iterable, disable=off, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
+
+def say(message: str):
+    "Print `message` on stderr (beside any progress bar), in the main process, unless quiet."
+    if is_main_process() and not _QUIET.get(): tqdm.write(message, file=sys.stderr)

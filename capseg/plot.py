@@ -6,26 +6,38 @@ Docs: https://capseg.github.io/capseg/plot.html.md"""
 
 # %% ../nbs/03_plot.ipynb #e5912bfe
 from __future__ import annotations
-import textwrap
+import sys, textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 
 from .core import History, atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from numpy.typing import ArrayLike
 
 # %% auto #0
 __all__ = ['save_png', 'plot_band', 'plot_curves', 'image_grid', 'caption_gallery']
 
 # %% ../nbs/03_plot.ipynb #9a0e174c
+def _figure(**kwargs) -> Figure:
+    "A new `matplotlib.figure.Figure(**kwargs)`; matplotlib is imported here, on first use."
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
+
 def _show_figures_in_notebooks():
     "In IPython, display `Figure`s returned by capseg's plotting functions as PNG."
-    try: from IPython import get_ipython; from IPython.core.pylabtools import print_figure
-    except ImportError: return
-    ip = get_ipython()
-    if ip is not None and hasattr(ip, 'display_formatter'):
-        ip.display_formatter.formatters['image/png'].for_type(Figure, lambda fig: print_figure(fig, 'png', bbox_inches='tight'))
+    ipython = sys.modules.get('IPython')                    # not imported: not in IPython (and not imported here)
+    ip = ipython.get_ipython() if ipython else None
+    if ip is None or not hasattr(ip, 'display_formatter'): return
+    def png(fig: Figure) -> bytes:
+        from IPython.core.pylabtools import print_figure
+        return print_figure(fig, 'png', bbox_inches='tight')
+    ip.display_formatter.formatters['image/png'].for_type_by_name('matplotlib.figure', 'Figure', png)
 
 _show_figures_in_notebooks()
 
@@ -37,7 +49,8 @@ def save_png(fig: Figure, path: str | Path | None, dpi: int = 110) -> Figure:
     return fig
 
 # %% ../nbs/03_plot.ipynb #6852f93b
-def plot_band(ax, mean, std=None, label: str | None = None, x=None):
+def plot_band(ax: Axes, mean: ArrayLike, std: ArrayLike | None = None, label: str | None = None,
+              x: ArrayLike | None = None) -> Line2D:
     "Draw `mean` as a line with a shaded ±`std` band on `ax`."
     mean = np.asarray(mean, dtype=float)
     x = np.arange(1, len(mean) + 1) if x is None else np.asarray(x)
@@ -54,7 +67,7 @@ def plot_curves(history: History | dict, path: str | Path | None = None, names: 
     quantities = names or list(dict.fromkeys(k.split('/', 1)[-1] for k in history.keys()))
     nrows = -(-len(quantities) // ncols)
     ncols = min(ncols, len(quantities))
-    fig = Figure(figsize=(4 * ncols, 3 * nrows), layout='constrained')
+    fig = _figure(figsize=(4 * ncols, 3 * nrows), layout='constrained')
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, q in zip(axes, quantities):
         for key in [k for k in history.keys() if k.split('/', 1)[-1] == q]:
@@ -70,7 +83,7 @@ def image_grid(rows: dict[str, np.ndarray], path: str | Path | None = None, cmap
                vmin: float | None = None, vmax: float | None = None, size: float = 1.2, title: str | None = None) -> Figure:
     "A grid with one labelled row per entry of `rows` (each N×H×W grey or N×H×W×3 colour images), N columns."
     n = max(len(v) for v in rows.values())
-    fig = Figure(figsize=(size * n + 1, size * len(rows)), layout='constrained')
+    fig = _figure(figsize=(size * n + 1, size * len(rows)), layout='constrained')
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (label, imgs) in enumerate(rows.items()):
         for c in range(n):
@@ -83,13 +96,13 @@ def image_grid(rows: dict[str, np.ndarray], path: str | Path | None = None, cmap
     return save_png(fig, path)
 
 # %% ../nbs/03_plot.ipynb #e8729deb
-def caption_gallery(images, predictions: list[str], references: list[list[str]] | None = None,
+def caption_gallery(images: Sequence[np.ndarray], predictions: list[str], references: list[list[str]] | None = None,
                     path: str | Path | None = None, ncols: int = 4, width: int = 38) -> Figure:
     "Images with their generated caption (bold) and, if given, the reference captions below."
     n = len(images)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig = Figure(figsize=(3.6 * ncols, 4.6 * nrows), layout='constrained')
+    fig = _figure(figsize=(3.6 * ncols, 4.6 * nrows), layout='constrained')
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for i, ax in enumerate(axes):
         ax.set_axis_off()

@@ -9,29 +9,30 @@ from __future__ import annotations
 import copy, hashlib, math, os, random, time, warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
-from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, get_device, inside, load_json, load_weights,
-                   progress, save_json, seed_everything, staged)
+from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, get_device, inside,
+                         kept_global_rng, load_json, load_weights, progress, quiet_output, save_json, seed_everything,
+                         staged)
 from .seg_data import MIN_SIZE, SegData, load_seg_npz, make_shapes
 from .plot import image_grid, plot_curves
 
 # %% auto #0
 __all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'RESULT_FILES', 'PREDICT_PIXELS', 'BENCH_METHODS',
            'SWEEP_METHODS', 'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip',
-           'flip_invariant_iou', 'RandomRot90', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple',
-           'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score',
-           'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores',
-           'noise_sigma', 'piecewise_constant', 'sure_risk', 'cpu_threads', 'model_record', 'train', 'load_model',
-           'evaluate', 'read_grey', 'predict', 'bench_table', 'sweep_summary', 'sweep_table', 'plot_sweep']
+           'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet',
+           'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'fused_for_inference',
+           'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores', 'noise_sigma',
+           'piecewise_constant', 'sure_risk', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate',
+           'read_grey', 'predict', 'bench_table', 'sweep_summary', 'sweep_table', 'plot_sweep']
 
 # %% ../nbs/05_segment.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -82,36 +83,49 @@ def flip_invariant_iou(p: torch.Tensor, mask: torch.Tensor, per_image: bool = Fa
     return 100 * batch_flip(p, mask)[0].mean().item()
 
 # %% ../nbs/05_segment.ipynb #7052ca59
-class RandomRot90(v2.Transform):
-    "Rotate by a random multiple of 90° (the same for every input of one call); by 0° or 180° if not square."
-    def make_params(self, flat_inputs):
-        h, w = v2.query_size(flat_inputs)
-        return dict(k=int(torch.randint(4, ())) if h == w else 2 * int(torch.randint(2, ())))
-    def transform(self, inpt, params):
-        if params['k'] == 0: return inpt
-        out = torch.rot90(inpt, params['k'], (-2, -1))
-        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+@cache
+def _random_rot90() -> type:
+    "The class `RandomRot90`, made on first use (torchvision's v2 imported then)."
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+    class RandomRot90(v2.Transform):
+        "Rotate by a random multiple of 90° (the same for every input of one call); by 0° or 180° if not square."
+        def make_params(self, flat_inputs):
+            h, w = v2.query_size(flat_inputs)
+            return dict(k=int(torch.randint(4, ())) if h == w else 2 * int(torch.randint(2, ())))
+        def transform(self, inpt, params):
+            if params['k'] == 0: return inpt
+            out = torch.rot90(inpt, params['k'], (-2, -1))
+            return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+    RandomRot90.__module__, RandomRot90.__qualname__ = __name__, 'RandomRot90'   # pickled by name, as a module class
+    return RandomRot90
+
+def __getattr__(name: str):
+    if name == 'RandomRot90': return _random_rot90()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 AUGMENTATIONS = ('dihedral', 'seed', 'none')
 
 def seg_transforms(kind: str | None, size: tuple[int, int] = (32, 32)):
     "The paired training augmentation `kind` (one of `AUGMENTATIONS`, or None) for images of `size` (H, W)."
     if kind is None or kind == 'none': return None
+    from torchvision.transforms import v2
     if kind == 'seed':
         return v2.RandomChoice([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(30),
                                 v2.RandomResizedCrop(size, antialias=True),
                                 v2.RandomAffine(0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10)])
-    if kind == 'dihedral': return v2.Compose([v2.RandomHorizontalFlip(), RandomRot90()])
+    if kind == 'dihedral': return v2.Compose([v2.RandomHorizontalFlip(), _random_rot90()()])
     raise ValueError(f'unknown augmentation {kind!r}')
 
 class SegDataset(Dataset):
     "Images (N×H×W) with their masks as `(tv_tensors.Image, tv_tensors.Mask)` pairs, 1×H×W, transformed together."
-    def __init__(self, images, masks, transform=None):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: Callable | None = None):
         self.images = torch.as_tensor(np.asarray(images, dtype=np.float32))[:, None]
         self.masks = torch.as_tensor(np.asarray(masks, dtype=np.uint8))[:, None]
         self.transform = transform
     def __len__(self): return len(self.images)
-    def __getitem__(self, i):
+    def __getitem__(self, i: int):
+        from torchvision import tv_tensors
         pair = tv_tensors.Image(self.images[i]), tv_tensors.Mask(self.masks[i])
         return self.transform(*pair) if self.transform else pair
 
@@ -382,15 +396,19 @@ def _check_recipe(r: Recipe):
     if r.augment not in AUGMENTATIONS + (None,):
         raise CapsegError(f'--augment must be one of {", ".join(AUGMENTATIONS)}, not {r.augment!r}')
 
-def train(data=None, shapes: bool = False, noise: float = 0.5, out='runs/segment', epochs: int | None = None,
-          arch: str = 'default', seed: int = 0, resume: bool = False, device=None, alpha: float | str | None = None,
-          lr: float | None = None, batch_size: int | None = None, augment: str | None = None, widths=None,
-          supervised: bool = False, figures: bool = True, callback=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
+def train(data: str | Path | SegData | None = None, shapes: bool = False, noise: float = 0.5,
+          out: str | Path = 'runs/segment', epochs: int | None = None, arch: str = 'default', seed: int = 0,
+          resume: bool = False, device: str | torch.device | None = None, alpha: float | str | None = None,
+          lr: float | None = None, batch_size: int | None = None, augment: str | None = None,
+          widths: Sequence[int] | None = None, supervised: bool = False, figures: bool = True,
+          callback: Callable[[int, History], None] | None = None, quiet: bool = False,
+          max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
     """Train a segmentation network on `data` (an npz path or `SegData`) or the noisy shapes (`shapes`), without
     masks (Chan–Vese loss); write model.pt, metrics.json and the figures into `out`; return the metrics.
     `alpha`, `lr`, `batch_size`, `augment` and `epochs` override the recipe of `arch`; `widths` fixes the network
     (no screening). `shapes` uses data seed 0 (`make_shapes(noise=noise)`: the same data for every training `seed`).
-    `callback(epoch, history)`, if given, is called after each epoch's checkpoint."""
+    `callback(epoch, history)`, if given, is called after each epoch's checkpoint. `quiet`: no progress bar.
+    The global random generators are seeded for the run and restored afterwards (`kept_global_rng`)."""
     t_start = time.perf_counter()
     if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
     d = _resolve_data(data, shapes, noise, max_npz_bytes)
@@ -400,7 +418,7 @@ def train(data=None, shapes: bool = False, noise: float = 0.5, out='runs/segment
     if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
     _check_recipe(recipe)
     out, device = Path(out), get_device(device)
-    with claim_output(out), cpu_threads(recipe.threads if device.type == 'cpu' else None):
+    with claim_output(out), cpu_threads(recipe.threads if device.type == 'cpu' else None), quiet_output(quiet), kept_global_rng():
         return _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callback, t_start)
 
 # %% ../nbs/05_segment.ipynb #37dbd0d9

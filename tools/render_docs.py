@@ -156,11 +156,17 @@ def exporter_config() -> Config:
     return c
 
 
+def raw_url() -> str:
+    "Where the repository's files are served raw: from pyproject's Repository URL (a GitHub one)."
+    repo = re.search(r'^Repository = "(.+)"', (ROOT/'pyproject.toml').read_text(), re.M)[1]
+    return repo.rstrip('/').replace('https://github.com/', 'https://raw.githubusercontent.com/') + '/main/'
+
 def write_readme(nb, meta: dict):
-    "README.md from the processed index notebook; its images (committed under nbs/images/) are linked from there."
+    """README.md from the processed index notebook. Its images (committed under nbs/images/) are absolute links to the
+    repository's raw files, so that they show wherever the README does: GitHub, a package index page, a local viewer."""
     prepare(nb, meta)
     md, _ = MarkdownExporter(config=exporter_config()).from_notebook_node(nb)
-    md = re.sub(r'\]\((?!https?:)images/', '](nbs/images/', md)
+    md = re.sub(r'\]\((?!https?:)images/', f']({raw_url()}nbs/images/', md)
     (ROOT/'README.md').write_text(md.strip() + '\n')
     print('render_docs: README.md')
 
