@@ -31,12 +31,19 @@ def _max_npz_bytes(p):
     p.add_argument('--max-npz-bytes', type=int, default=argparse.SUPPRESS, metavar='N',
                    help='refuse an npz whose arrays decompress to more than N bytes (default 2 GiB), before reading it')
 
+def _mask_args(p, masks_help: str):
+    p.add_argument('--masks', nargs='+', metavar='PATH', help=masks_help)
+    p.add_argument('--channel', type=int, metavar='K', help='colour images: use channel K (default: grey by ITU-R BT.601)')
+
 def _segment_parser(sub: argparse._SubParsersAction):
     seg = sub.add_parser('segment', help='unsupervised Chan-Vese segmentation').add_subparsers(dest='action', required=True)
     p = seg.add_parser('train', help='train a segmentation network without masks')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--data', type=Path, help='npz with image_train, mask_train, image_test, mask_test')
+    src.add_argument('--data', type=Path, help='npz with image_train (and optionally mask_train, image_test, mask_test)')
+    src.add_argument('--images', nargs='+', metavar='PATH', help='image files, folders (searched recursively), quoted '
+                     'globs, or an npz: PNG, JPEG, TIFF (8/16-bit, float, stacks); no masks needed')
     src.add_argument('--shapes', action='store_true', help='generate the noisy-shapes data set (the embedded default)')
+    _mask_args(p, 'optional: they only score the run (matched to --images by relative path or file stem; label images are fine)')
     p.add_argument('--noise', type=float, default=0.5, help='noise std of --shapes (default 0.5)')
     p.add_argument('--out', type=Path, required=True, help='output folder')
     p.add_argument('--epochs', type=int, help="epochs (default: the architecture's own; for the default, the most it "
@@ -50,8 +57,11 @@ def _segment_parser(sub: argparse._SubParsersAction):
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
     _max_npz_bytes(p)
     _output_flags(p)
-    p = seg.add_parser('eval', help='score a trained model on an npz test split')
-    p.add_argument('--data', type=Path, required=True)
+    p = seg.add_parser('eval', help='score a trained model on an npz test split, or on images against their masks')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--data', type=Path, help='npz with image_test and mask_test')
+    src.add_argument('--images', nargs='+', metavar='PATH', help='image files, folders or globs, with --masks')
+    _mask_args(p, 'the masks of --images (matched by relative path or file stem; label images are fine)')
     p.add_argument('--model', type=Path, required=True, help='folder written by `segment train`')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     _max_npz_bytes(p)
@@ -217,7 +227,8 @@ def _call(module: str, func: str, **kwargs):
         if message is None: raise
         raise CapsegError(message) from e
     try: return getattr(mod, func)(**kwargs)
-    except ModuleNotFoundError as e:          # an optional package imported on first use
+    except (CapsegError, KeyboardInterrupt): raise
+    except Exception as e:                    # a package imported on first use, missing or broken
         message = import_error_message(e, what)
         if message is None: raise
         raise CapsegError(message) from e
@@ -256,9 +267,16 @@ CAPTION_SCORES = {'bleu4': 'BLEU-4', 'cider': 'CIDEr', 'meteor': 'METEOR', 'roug
 
 def headline(m: dict) -> tuple[str, str]:
     "(the result a person looks for, the baseline beside it) in a run's metrics; '' for what the run did not write."
-    if 'test_iou' in m:
-        iou, base = _num(m['test_iou'], '.1f', ' %'), _num(m.get('baseline_test_iou'), '.1f', ' %')
-        return (f'test IoU {iou}' if iou else ''), (f'blur + Otsu {base}' if base else '')
+    key = next((k for k in ('test_iou', 'train_iou') if k in m), None)
+    if key:
+        iou, base = _num(m[key], '.1f', ' %'), _num(m.get(f'baseline_{key}'), '.1f', ' %')
+        label = 'test IoU' if key == 'test_iou' else 'IoU on the training images (masks only score)'
+        return (f'{label} {iou}' if iou else ''), (f'blur + Otsu {base}' if base else '')
+    if 'energy' in m:                                         # segmentation without masks: what it can measure
+        return ' · '.join(s for s in (_num(m.get('holdout_risk'), '.4g') and f"held-out risk {m['holdout_risk']:.4g}",
+                                      _num(m.get('energy'), '.4g') and f"energy {m['energy']:.4g}",
+                                      _num(m.get('foreground_fraction'), '.1%') and
+                                      f"foreground {m['foreground_fraction']:.1%}") if s), ''
     scores = [f'{name} {m[k]:.3f}' for k, name in CAPTION_SCORES.items() if _num(m.get(k), 'g')]
     if _num(m.get('attribute_accuracy'), 'g'):                # captioned shapes: colour and shape named right
         scores.append(f"attributes {100 * m['attribute_accuracy']:.1f} %")
@@ -281,14 +299,17 @@ def summary(metrics: dict, out: str | Path | None = None, title: str | None = No
     figures and `metrics.json` are (in folder `out`). Keys the run did not write are left out; the history stays in
     metrics.json."""
     m, rows = metrics, {}
-    if 'n_train' in m or 'n_test' in m:                       # segmentation
-        counts = _join([_num(m.get('n_train'), 'd', ' train'), _num(m.get('n_test'), 'd', ' test')], ' + ')
+    if 'n_frames' in m:                                       # segmentation on image files: crops of frames
+        rows['data'] = _join([str(m.get('data') or ''), _num(m.get('crop'), 'd') and f"trained on {m['crop']}×{m['crop']} crops"], ': ')
+    elif 'n_train' in m or 'n_test' in m:                     # segmentation
+        counts = _join([_num(m.get('n_train'), 'd', ' train'), _num(m.get('n_test') or None, 'd', ' test')], ' + ')
         rows['data'] = _join([str(m.get('data') or ''), counts and f'{counts} images'], ': ')
     else: rows['data'] = _join([_num(m.get('n_images'), 'd', f" {m.get('split', 'test')} images captioned"),
                                 _num(m.get('skipped_images') or None, 'd', ' unreadable ones skipped')])
     result, baseline = headline(m)
-    if baseline and _num(m.get('test_iou'), 'g') and _num(m.get('baseline_test_iou'), 'g'):
-        baseline += f" ({m['test_iou'] - m['baseline_test_iou']:+.1f} points)"
+    key = next((k for k in ('test_iou', 'train_iou') if k in m), '')
+    if baseline and _num(m.get(key), 'g') and _num(m.get(f'baseline_{key}'), 'g'):
+        baseline += f" ({m[key] - m[f'baseline_{key}']:+.1f} points)"
     rows['result'] = _join([result, baseline and f'baseline {baseline}'], '   ')
     rule = m.get('alpha_rule') if isinstance(m.get('alpha_rule'), str) and m.get('alpha_rule') != 'given' else ''
     alpha = _num(m.get('alpha'), '.3g') and _join([f"alpha {m['alpha']:.3g}", rule and f'({rule})'], ' ')
@@ -306,7 +327,7 @@ def summary(metrics: dict, out: str | Path | None = None, title: str | None = No
     for label, name in (('samples', 'samples.json'), ('metrics', 'metrics.json')):
         if out is not None and (Path(out)/name).is_file(): rows[label] = str(Path(out)/name)
     if out is not None and any((Path(out)/f).exists() for f in ('model.pt', 'checkpoint', 'best')):   # a trained model
-        rows['next'] = f"capseg {'segment' if 'test_iou' in m else 'caption'} predict --model {out} IMAGE ..."
+        rows['next'] = f"capseg {'segment' if 'energy' in m or 'test_iou' in m else 'caption'} predict --model {out} IMAGE ..."
     return '\n'.join(([title] if title else []) + [f'  {k:<10} {v}' for k, v in rows.items() if v])
 
 def demo_table(metrics: dict, out: str | Path) -> str:
@@ -326,6 +347,7 @@ def _title(args: argparse.Namespace) -> str:
     a = vars(args)
     if a.get('shapes'):
         source = f"the noisy shapes (noise σ {a['noise']:g})" if args.command == 'segment' else 'the captioned shapes'
+    elif args.command == 'segment' and a.get('images'): source = ' '.join(map(str, a['images']))
     else: source = next((f"{a[k]}{' (Flickr8k)' if k == 'flickr8k' else ''}" for k in ('data', 'flickr8k', 'karpathy')
                          if a.get(k)), '')
     title = f'capseg {args.command} {args.action}' + (f" of {a['model']}" if args.action == 'eval' else '')

@@ -22,17 +22,21 @@ from torch.utils.data import DataLoader, Dataset
 from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, get_device, inside,
                          kept_global_rng, load_json, load_weights, progress, quiet_output, save_json, seed_everything,
                          staged)
-from .seg_data import MIN_SIZE, SegData, load_seg_npz, make_shapes
+from .images import frame_count, to_grey
+from .predict import Item, expand_inputs
+from .seg_data import (MIN_SIZE, FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, make_shapes,
+                             validate_seg_arrays)
 from .plot import image_grid, plot_curves
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'RESULT_FILES', 'PREDICT_PIXELS', 'BENCH_METHODS',
-           'SWEEP_METHODS', 'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip',
-           'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet',
-           'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'fused_for_inference',
-           'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores', 'noise_sigma',
-           'piecewise_constant', 'sure_risk', 'cpu_threads', 'model_record', 'train', 'load_model', 'evaluate',
-           'read_grey', 'predict', 'bench_table', 'sweep_summary', 'sweep_table', 'plot_sweep']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'MASK_SUFFIXES', 'RESULT_FILES', 'IOU_DEFINITION',
+           'PREDICT_PIXELS', 'BENCH_METHODS', 'SWEEP_METHODS', 'region_means', 'chan_vese_loss', 'iou_per_image',
+           'flip_ious', 'batch_flip', 'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu',
+           'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer',
+           'score', 'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores',
+           'noise_sigma', 'piecewise_constant', 'sure_risk', 'load_frames', 'cpu_threads', 'model_record',
+           'frame_probability', 'score_frames', 'train', 'load_model', 'evaluate', 'read_grey', 'predict',
+           'bench_table', 'sweep_summary', 'sweep_table', 'plot_sweep']
 
 # %% ../nbs/05_segment.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -344,18 +348,161 @@ def sure_risk(model: nn.Module, x: torch.Tensor, sigma: float, probes: int = 2, 
     model.train(was_training)
     return ((c - x) ** 2).mean().item() - sigma ** 2 + 2 * sigma ** 2 * div / x.numel()
 
-# %% ../nbs/05_segment.ipynb #11cf579a
-def _resolve_data(data, shapes: bool, noise: float, max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData:
-    if isinstance(data, SegData): return data
+# %% ../nbs/05_segment.ipynb #d26c172b
+MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
+
+def _stem(name: str) -> str:
+    stem = os.path.basename(name)
+    return next((stem[:-len(s)] for s in MASK_SUFFIXES if stem.endswith(s)), stem)
+
+def _match_masks(items: list[Item], masks) -> list[str | None]:
+    "Each image item's mask file: the same relative path, else the same stem (less a suffix of `MASK_SUFFIXES`)."
+    found = [m for m in expand_inputs(masks) if m.error is None]
+    if not found: raise CapsegError(f'--masks {" ".join(map(str, masks))}: no mask files found')
+    by_name, by_stem = {m.name: m.path for m in found}, {_stem(m.name): m.path for m in found}
+    matched = [by_name.get(it.name) or by_stem.get(_stem(it.name)) for it in items]
+    if not any(matched): raise CapsegError('no mask matches an image (masks are matched by relative path or file stem)')
+    unused = {m.path for m in found} - set(matched)
+    if unused: raise CapsegError(f'{sorted(unused)[0]}: matches no image' + (f' (and {len(unused) - 1} more)' if len(unused) > 1 else ''))
+    return matched
+
+def load_frames(images, masks=None, channel: int | None = None, levels=(1.0, 99.8)) -> FrameSet:
+    "Image files, folders (searched recursively) and globs as a `FrameSet`, a frame per stack page; masks matched to them."
+    items = expand_inputs(images)
+    bad = [it for it in items if it.error]
+    if bad: raise CapsegError(f'{bad[0].path}: {bad[0].error}' + (f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''))
+    counts = [frame_count(it.path) for it in items]              # headers only: a broken file stops here, in one line
+    frames = [(it.path, k) for it, n in zip(items, counts) for k in range(n)]
+    mask_frames = None
+    if masks:
+        mask_frames = []
+        for it, n, m in zip(items, counts, _match_masks(items, masks)):
+            if m is not None and frame_count(m) != n:
+                raise CapsegError(f'{m}: {frame_count(m)} frames, but its image {it.path} has {n}')
+            mask_frames += [None if m is None else (m, k) for k in range(n)]
+    where = items[0].path if len(items) == 1 else os.path.commonpath([os.path.abspath(it.path) for it in items])
+    return FrameSet(frames, mask_frames, channel, levels, source=f'{where} ({len(frames)} frames)')
+
+# %% ../nbs/05_segment.ipynb #427fba8a
+def _arrays(images) -> list[np.ndarray] | None:
+    "`images` as a list of arrays when it holds arrays (or PIL images), else None (paths)."
+    if isinstance(images, np.ndarray): return [images] if images.ndim == 2 else list(images)
+    if hasattr(images, 'getbands'): return [np.asarray(images)]
+    if isinstance(images, (list, tuple)) and images and all(isinstance(a, np.ndarray) or hasattr(a, 'getbands')
+                                                             for a in images):
+        return [np.asarray(a) for a in images]
+    return None
+
+def _images_data(images, masks=None, channel=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData | FrameSet:
+    "What `train(images=...)` takes: arrays (kept in their units), an npz, or image files (read lazily)."
+    arrays = _arrays(images)
+    if arrays is not None:
+        mask_arrays = _arrays(masks) if masks is not None else None
+        grey = [to_grey(a, channel) if a.ndim == 3 else a for a in arrays]
+        if len({a.shape for a in grey}) == 1:                    # one size: in memory, as an npz would be
+            d = {'image_train': np.stack(grey), **({} if masks is None else {'mask_train': np.stack(mask_arrays)})}
+            return validate_seg_arrays(d, 'arrays', labels=True)
+        return FrameSet(grey, mask_arrays, levels=None, source=f'{len(grey)} arrays')
+    paths = [images] if isinstance(images, (str, os.PathLike)) else images
+    if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        raise CapsegError(f'images= takes image paths, folders, globs, an npz file, NumPy arrays or PIL images, '
+                          f'not {type(images).__name__}')
+    if len(paths) == 1 and str(paths[0]).lower().endswith('.npz'): return load_seg_npz(paths[0], max_npz_bytes)
+    return load_frames(paths, masks, channel)
+
+def _resolve_data(data=None, images=None, masks=None, shapes: bool = False, noise: float = 0.5, channel=None,
+                  max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData | FrameSet:
+    if [data is not None, images is not None, bool(shapes)].count(True) != 1:
+        raise CapsegError('give one of --data FILE.npz, --images PATH... or --shapes')
+    if isinstance(data, (SegData, FrameSet)): return data
     if data is not None: return load_seg_npz(data, max_npz_bytes)
     if shapes: return make_shapes(noise=noise)
-    raise CapsegError('give --data FILE.npz or --shapes')
+    return _images_data(images, masks, channel, max_npz_bytes)
 
-def _fingerprint(d: SegData) -> str:
-    h = hashlib.sha1()
-    for k, a in d.arrays().items(): h.update(k.encode()); h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
+# %% ../nbs/05_segment.ipynb #5e5a422c
+@dataclass
+class _Setup:
+    "A run's data in the network's units, and the settings that follow from it."
+    loader: DataLoader
+    held: torch.Tensor                  # held-out images for the risk (N×1×H×W), maybe empty
+    norm: dict                          # mean and std mapping the inputs to the network's units
+    sigma: float                        # noise std in the network's units
+    alpha: float
+    epochs: int
+    size: tuple[int, int]               # height and width of a training input
+    test: tuple | None = None           # (x_test, mask_test), scored after each epoch
+    masks: bool = True                  # the training batches carry masks (their IoU is logged)
+    crop: int | None = None             # FrameSet: the side of the training crops
+    ramp_steps: float = 0.0             # optimiser steps over which alpha rises from 0
 
+    @property
+    def steps(self) -> int: return self.epochs * len(self.loader)
+
+def _epochs(recipe: Recipe, batches: int) -> int:
+    return min(recipe.epochs, math.ceil(recipe.steps / batches)) if recipe.steps else recipe.epochs
+
+def _alpha(recipe: Recipe, sigma: float) -> float:
+    return recipe.kappa * sigma ** 2 if recipe.alpha == 'auto' else float(recipe.alpha)
+
+def _check_range(x: torch.Tensor, norm: dict, source: str, raw):
+    if not (np.isfinite(list(norm.values())).all() and float(x.abs().max()) < 1e15):
+        raise CapsegError(f'{source}: image values up to {float(np.abs(raw).max()):.3g} overflow 32-bit '
+                          'arithmetic; rescale the images (to about 0-1)')
+
+def _setup_arrays(d: SegData, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
+    "The loader and settings for images held in memory (an npz, the shapes, arrays), trained on whole."
+    with np.errstate(over='ignore'):              # values near float32's limit: one line below, no warnings
+        norm = (dict(mean=float(d.image_train.mean()), std=float(d.image_train.std()) or 1.0) if recipe.normalize
+                else dict(mean=0.0, std=1.0))
+    x_train = normalize(d.image_train, norm)
+    _check_range(x_train, norm, d.source, d.image_train)
+    sigma = float(np.median(noise_sigma(x_train[:, 0].numpy())))          # in the network's units
+    fit, held = _holdout(len(x_train), recipe.holdout, seed)
+    masks = d.mask_train if d.mask_train is not None else np.zeros(d.image_train.shape, np.uint8)
+    ds = SegDataset(x_train[fit, 0], masks[fit], seg_transforms(recipe.augment, x_train.shape[-2:]))
+    loader = DataLoader(ds, batch_size=recipe.batch_size, shuffle=True, generator=gen, collate_fn=_collate,
+                        drop_last=len(ds) > recipe.batch_size)
+    test = None if d.mask_test is None else (normalize(d.image_test, norm), d.mask_test)
+    return _Setup(loader, x_train[held], norm, sigma, _alpha(recipe, sigma), _epochs(recipe, len(loader)),
+                  tuple(x_train.shape[-2:]), test, d.mask_train is not None)
+
+# %% ../nbs/05_segment.ipynb #4a48886c
+class _CropPairs(Dataset):
+    "`RandomCrops` as (image, mask) `tv_tensors` pairs in the network's units, transformed together."
+    def __init__(self, crops: RandomCrops, norm: dict, transform=None): self.crops, self.norm, self.transform = crops, norm, transform
+    def __len__(self): return len(self.crops)
+    def set_epoch(self, epoch: int): self.crops.set_epoch(epoch)
+    def __getitem__(self, k):
+        from torchvision import tv_tensors
+        x, m = self.crops[k]
+        x = (torch.from_numpy(np.ascontiguousarray(x, np.float32)) - self.norm['mean']) / self.norm['std']
+        pair = tv_tensors.Image(x[None]), tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(m))[None])
+        return self.transform(*pair) if self.transform else pair
+
+def _crop_stack(frames: FrameSet, side: int, per_frame, seed: int, n: int) -> np.ndarray:
+    "Up to `n` crops (N×side×side) of a fixed seeded draw."
+    crops = RandomCrops(frames, side, per_frame, seed)
+    return np.stack([crops[k][0] for k in range(min(n, len(crops)))])
+
+def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
+    "The loader and settings for frames of any size: random crops, frame by frame; frames held out for the risk."
+    shapes = [f.shape(i) for i in range(len(f))]
+    side = crop_side(shapes, max(2 ** (len(w) - 1) for w in recipe.candidates or [recipe.widths]))
+    per_frame = [min(64, math.ceil(h * w / side ** 2)) for h, w in shapes]
+    fit, held = _holdout(len(f), recipe.holdout, seed) if len(f) >= 5 else (np.arange(len(f)), np.arange(len(f)))
+    only = lambda keep: [n if i in set(keep.tolist()) else 0 for i, n in enumerate(per_frame)]
+    sample = _crop_stack(f, side, only(fit), seed + 2, 64)
+    norm = dict(mean=float(sample.mean()), std=float(sample.std()) or 1.0)
+    _check_range(torch.from_numpy((sample - norm['mean']) / norm['std']), norm, f.source, sample)
+    x_held = normalize(_crop_stack(f, side, only(held), seed + 1, 64), norm) if recipe.holdout else torch.zeros(0, 1, side, side)
+    sigma = float(np.median(noise_sigma(normalize(sample, norm)[:, 0].numpy())))
+    pairs = _CropPairs(RandomCrops(f, side, only(fit), seed), norm, seg_transforms(recipe.augment, (side, side)))
+    batch = max(4, min(recipe.batch_size, round(recipe.batch_size * (64 / side) ** 2)))
+    loader = DataLoader(pairs, batch_size=batch, shuffle=False, collate_fn=_collate, drop_last=len(pairs) > batch)
+    return _Setup(loader, x_held, norm, sigma, _alpha(recipe, sigma), _epochs(recipe, len(loader)), (side, side),
+                  None, f.n_masks == len(f), side)
+
+# %% ../nbs/05_segment.ipynb #430e23a6
 def _rng_state(loader_gen: torch.Generator) -> dict:
     return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
                 loader=loader_gen.get_state())
@@ -376,11 +523,6 @@ def _collate(batch):
     x, m = zip(*batch)
     return torch.stack([t.as_subclass(torch.Tensor) for t in x]), torch.stack([t.as_subclass(torch.Tensor) for t in m])
 
-def _polarity(p: torch.Tensor) -> bool:
-    "Whether `p > 0.5` marks the background: it covers most of the image border in most images (no masks used)."
-    border = torch.cat([p[..., 0, :], p[..., -1, :], p[..., 1:-1, 0], p[..., 1:-1, -1]], -1).flatten(1)
-    return bool(((border > 0.5).float().mean(1) > 0.5).float().mean() > 0.5)
-
 def model_record(model: nn.Module, recipe: Recipe, norm: dict, widths, alpha: float, **extra) -> dict:
     "What `model.pt` holds: enough to rebuild the network and prepare its inputs."
     return dict(format='capseg.segment/1', arch_net=recipe.net, widths=list(widths), recipe=asdict(recipe),
@@ -396,33 +538,21 @@ def _check_recipe(r: Recipe):
     if r.augment not in AUGMENTATIONS + (None,):
         raise CapsegError(f'--augment must be one of {", ".join(AUGMENTATIONS)}, not {r.augment!r}')
 
-def train(data: str | Path | SegData | None = None, shapes: bool = False, noise: float = 0.5,
-          out: str | Path = 'runs/segment', epochs: int | None = None, arch: str = 'default', seed: int = 0,
-          resume: bool = False, device: str | torch.device | None = None, alpha: float | str | None = None,
-          lr: float | None = None, batch_size: int | None = None, augment: str | None = None,
-          widths: Sequence[int] | None = None, supervised: bool = False, figures: bool = True,
-          callback: Callable[[int, History], None] | None = None, quiet: bool = False,
-          max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
-    """Train a segmentation network on `data` (an npz path or `SegData`) or the noisy shapes (`shapes`), without
-    masks (Chan–Vese loss); write model.pt, metrics.json and the figures into `out`; return the metrics.
-    `alpha`, `lr`, `batch_size`, `augment` and `epochs` override the recipe of `arch`; `widths` fixes the network
-    (no screening). `shapes` uses data seed 0 (`make_shapes(noise=noise)`: the same data for every training `seed`).
-    `callback(epoch, history)`, if given, is called after each epoch's checkpoint. `quiet`: no progress bar.
-    The global random generators are seeded for the run and restored afterwards (`kept_global_rng`)."""
-    t_start = time.perf_counter()
-    if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
-    d = _resolve_data(data, shapes, noise, max_npz_bytes)
-    given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)
-    recipe = replace(ARCHS[arch], **{k: v for k, v in given.items() if v is not None})
-    if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for
-    if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
-    _check_recipe(recipe)
-    out, device = Path(out), get_device(device)
-    with claim_output(out), cpu_threads(recipe.threads if device.type == 'cpu' else None), quiet_output(quiet), kept_global_rng():
-        return _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callback, t_start)
+def _check_resume(ck: dict, path, recipe: Recipe, **now):
+    "A one-line `CapsegError` naming every setting of checkpoint `ck` that differs from this run's."
+    was = {**{k: ck.get(k) for k in now}, **ck['recipe']}
+    now = {**now, **asdict(recipe)}
+    if recipe.schedule is None: was['epochs'] = now['epochs']        # a constant learning rate: more epochs may follow
+    changed = [k for k in now if was.get(k) != now[k] and k not in ('fingerprint',)]
+    if was.get('fingerprint') != now['fingerprint']: changed.insert(0, 'data')
+    if not changed: return
+    show = lambda k: (f'other data (it was {ck.get("data_source")})' if k == 'data' else
+                      f'--{k.replace("_", "-")} {was.get(k)!r} (now {now[k]!r})')
+    raise CapsegError(f'{path} was made with ' + ', '.join(map(show, changed)) +
+                      '; resume with the same settings, or train afresh without --resume')
 
-# %% ../nbs/05_segment.ipynb #37dbd0d9
-class _Net:
+# %% ../nbs/05_segment.ipynb #e2514ef7
+class _Candidate:
     "One network in training: its optimiser, schedule, per-epoch history and best held-out state."
     def __init__(self, recipe: Recipe, widths, steps: int, device):
         self.widths = tuple(widths)
@@ -454,159 +584,315 @@ def _holdout(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng([seed, 7]).permutation(n)
     return np.sort(perm[k:]), np.sort(perm[:k])
 
-def _screen(nets: list[_Net], epoch: int) -> tuple[list[_Net], dict]:
+def _candidates(recipe: Recipe, setup: _Setup, device) -> list[_Candidate]:
+    "The networks to screen: the recipe's candidates whose bottleneck keeps ≥ 4 px (only with held-out images)."
+    fits = lambda w: min(setup.size) >= 4 * 2 ** (len(w) - 1)
+    widths = [w for i, w in enumerate(recipe.candidates) if i == 0 or fits(w)] if len(setup.held) else []
+    return [_Candidate(recipe, w, setup.steps, device) for w in widths or [recipe.widths]]
+
+def _screen(nets: list[_Candidate], epoch: int) -> tuple[list[_Candidate], dict]:
     "Keep the network with the lowest held-out risk so far; the record of the choice."
     ranked = sorted(nets, key=lambda n: n.best['risk'])
     return ranked[:1], dict(epoch=epoch, chosen=list(ranked[0].widths), candidates=[
         dict(widths=list(n.widths), risk=n.best['risk'], parameters=sum(p.numel() for p in n.model.parameters()))
         for n in nets])
 
-def _check_resume(ck: dict, path, recipe: Recipe, **now):
-    "A one-line `CapsegError` naming every setting of checkpoint `ck` that differs from this run's."
-    was = {**{k: ck.get(k) for k in now}, **ck['recipe']}
-    now = {**now, **asdict(recipe)}
-    if recipe.schedule is None: was['epochs'] = now['epochs']        # a constant learning rate: more epochs may follow
-    changed = [k for k in now if was.get(k) != now[k] and k not in ('fingerprint',)]
-    if was.get('fingerprint') != now['fingerprint']: changed.insert(0, 'data')
-    if not changed: return
-    show = lambda k: (f'other data (it was {ck.get("data_source")})' if k == 'data' else
-                      f'--{k.replace("_", "-")} {was.get(k)!r} (now {now[k]!r})')
-    raise CapsegError(f'{path} was made with ' + ', '.join(map(show, changed)) +
-                      '; resume with the same settings, or train afresh without --resume')
+# %% ../nbs/05_segment.ipynb #49d93ed8
+@dataclass
+class _Settings:
+    "What identifies a run besides its recipe (checked on --resume), and where it runs."
+    arch: str
+    seed: int
+    supervised: bool
+    resume: bool
+    device: torch.device
+    fingerprint: str
+    data_source: str
+    t_start: float
 
-def _run(d, recipe, out, device, arch, seed, resume, supervised, figures, callback, t_start):
-    ckpt_path, fingerprint = out / 'checkpoint.pt', _fingerprint(d)
+@dataclass
+class _State:
+    "What changes during a run: what its checkpoint holds besides the settings."
+    nets: list
+    epoch: int = 0
+    train_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    selection: dict | None = None
+    stopped: bool = False
 
-    loader_gen = seed_everything(seed)
-    with np.errstate(over='ignore'):              # values near float32's limit: one line below, no warnings
-        norm = (dict(mean=float(d.image_train.mean()), std=float(d.image_train.std()) or 1.0) if recipe.normalize
-                else dict(mean=0.0, std=1.0))
-    x_train = normalize(d.image_train, norm)
-    if not (np.isfinite(list(norm.values())).all() and float(x_train.abs().max()) < 1e15):
-        raise CapsegError(f'{d.source}: image values up to {float(np.abs(d.image_train).max()):.3g} overflow 32-bit '
-                          'arithmetic; rescale the images (to about 0-1)')
-    sigma = float(np.median(noise_sigma(x_train[:, 0].numpy())))          # in the network's units
-    alpha = recipe.kappa * sigma ** 2 if recipe.alpha == 'auto' else float(recipe.alpha)
-    fit, held = _holdout(len(x_train), recipe.holdout, seed)
-    x_held, x_test = x_train[held], normalize(d.image_test, norm)
-    train_ds = SegDataset(x_train[fit, 0], d.mask_train[fit], seg_transforms(recipe.augment, x_train.shape[-2:]))
-    loader = DataLoader(train_ds, batch_size=recipe.batch_size, shuffle=True, generator=loader_gen,
-                        collate_fn=_collate, drop_last=len(train_ds) > recipe.batch_size)
-    epochs = min(recipe.epochs, math.ceil(recipe.steps / len(loader))) if recipe.steps else recipe.epochs
-    steps = epochs * len(loader)
-    ramp_steps = recipe.alpha_ramp * steps
-    fits = lambda w: min(x_train.shape[-2:]) >= 4 * 2 ** (len(w) - 1)       # a bottleneck of at least 4 px
-    widths = [w for i, w in enumerate(recipe.candidates) if i == 0 or fits(w)] if len(held) else []
-    nets = [_Net(recipe, w, steps, device) for w in widths or [recipe.widths]]
-    screen_at = max(1, round(recipe.screen * epochs)) if len(nets) > 1 else None
-    start, train_seconds, cpu_seconds, selection, stopped = 0, 0.0, 0.0, None, False
+def _train_epoch(nets: list[_Candidate], setup: _Setup, epoch: int, supervised: bool) -> list[dict]:
+    "One pass over the training batches for every candidate; the per-batch losses (and IoUs, where masks came)."
+    if hasattr(setup.loader.dataset, 'set_epoch'): setup.loader.dataset.set_epoch(epoch)
+    for net in nets: net.model.train()
+    logs = [{k: [] for k in ('loss', 'fidelity', 'regularization') + ('iou',) * setup.masks} for _ in nets]
+    ramp, device = setup.ramp_steps, next(nets[0].model.parameters()).device
+    for i, (xb, mb) in enumerate(setup.loader):
+        xb, mb = xb.to(device, non_blocking=True), mb.to(device, non_blocking=True)
+        a = setup.alpha * min(1.0, (epoch * len(setup.loader) + i + 1) / ramp) if ramp else setup.alpha
+        for net, log in zip(nets, logs):
+            p = net.model(xb)
+            total, fid, reg = chan_vese_loss(xb, p, a)
+            loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
+            if not torch.isfinite(loss): raise _Diverged(epoch, loss.item())
+            net.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            net.opt.step()
+            if net.sched is not None: net.sched.step()
+            log['loss'].append(loss.item()); log['fidelity'].append(fid.mean().item())
+            log['regularization'].append(reg.mean().item())
+            if setup.masks: log['iou'].append(flip_invariant_iou(p.detach(), mb))
+    return logs
 
-    if resume and ckpt_path.exists():
-        ck = load_weights(ckpt_path, 'checkpoint')
-        _check_resume(ck, ckpt_path, recipe, arch=arch, supervised=supervised, seed=seed, fingerprint=fingerprint)
-        nets = [_Net(recipe, s['widths'], steps, device) for s in ck['nets']]
-        for net, s in zip(nets, ck['nets']): net.load(s)
-        start, selection, stopped = ck['epoch'], ck['selection'], ck['stopped']
-        train_seconds, cpu_seconds = ck['train_seconds'], ck['cpu_seconds']
-        _set_rng_state(ck['rng'], loader_gen)
-    elif resume: warnings.warn(f'no checkpoint in {out}: starting from scratch')
+class _Diverged(Exception):
+    def __init__(self, epoch: int, loss: float): self.epoch, self.loss = epoch, loss
 
-    bar = progress(range(start, epochs if not stopped else start), initial=start, total=epochs,
-                   desc=f'segment {arch}', unit='epoch')
+def _log_epoch(nets: list[_Candidate], logs: list[dict], setup: _Setup):
+    "Each candidate's training curves, and its test curves where the data has test masks (they score, never steer)."
+    for net, log in zip(nets, logs):
+        test = None if setup.test is None else score(setup.test[0], infer(net.model, setup.test[0]), setup.test[1], setup.alpha)
+        for k, v in log.items(): net.history.add(f'train/{k}', v)
+        if test is not None:
+            for k in log: net.history.add(f'test/{k}', test[k])
+
+# %% ../nbs/05_segment.ipynb #21cc35db
+def _checkpoint(state: _State, recipe: Recipe, setup: _Setup, info: _Settings, gen: torch.Generator) -> dict:
+    return dict(arch=info.arch, supervised=info.supervised, recipe=asdict(recipe), epoch=state.epoch,
+                nets=[n.state() for n in state.nets], selection=state.selection, stopped=state.stopped,
+                train_seconds=state.train_seconds, cpu_seconds=state.cpu_seconds, rng=_rng_state(gen),
+                fingerprint=info.fingerprint, data_source=info.data_source, norm=setup.norm, seed=info.seed)
+
+def _resume(state: _State, path: Path, recipe: Recipe, setup: _Setup, info: _Settings, gen: torch.Generator):
+    "Continue from checkpoint `path` if there is one (the same data and settings, else one line naming what differs)."
+    if not path.exists(): return warnings.warn(f'no checkpoint in {path.parent}: starting from scratch')
+    ck = load_weights(path, 'checkpoint')
+    _check_resume(ck, path, recipe, arch=info.arch, supervised=info.supervised, seed=info.seed, fingerprint=info.fingerprint)
+    device = next(state.nets[0].model.parameters()).device
+    state.nets = [_Candidate(recipe, s['widths'], setup.steps, device) for s in ck['nets']]
+    for net, s in zip(state.nets, ck['nets']): net.load(s)
+    state.epoch, state.selection, state.stopped = ck['epoch'], ck['selection'], ck['stopped']
+    state.train_seconds, state.cpu_seconds = ck['train_seconds'], ck['cpu_seconds']
+    _set_rng_state(ck['rng'], gen)
+
+def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = True, callback=None) -> dict:
+    "Train on `data` as `recipe` says, checkpointing each epoch into `out`; the metrics of `_finish`."
+    gen = seed_everything(info.seed)
+    setup = (_setup_arrays if isinstance(data, SegData) else _setup_frames)(data, recipe, info.seed, gen)
+    setup.ramp_steps = recipe.alpha_ramp * setup.steps
+    state, ckpt = _State(_candidates(recipe, setup, info.device)), out / 'checkpoint.pt'
+    if info.resume: _resume(state, ckpt, recipe, setup, info, gen)
+    screen_at = max(1, round(recipe.screen * setup.epochs)) if len(state.nets) > 1 else None
+    bar = progress(range(state.epoch, state.epoch if state.stopped else setup.epochs), initial=state.epoch,
+                   total=setup.epochs, desc=f'segment {info.arch}', unit='epoch')
     for epoch in bar:
         t0, c0 = time.perf_counter(), time.process_time()
-        for net in nets: net.model.train()
-        logs = [{k: [] for k in ('loss', 'fidelity', 'regularization', 'iou')} for _ in nets]
-        for i, (xb, mb) in enumerate(loader):
-            xb, mb = xb.to(device, non_blocking=True), mb.to(device, non_blocking=True)
-            a = alpha * min(1.0, (epoch * len(loader) + i + 1) / ramp_steps) if ramp_steps else alpha
-            for net, log in zip(nets, logs):
-                p = net.model(xb)
-                total, fid, reg = chan_vese_loss(xb, p, a)
-                loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
-                if not torch.isfinite(loss):
-                    kept = f'the last good checkpoint (epoch {epoch}) is kept in {out}' if epoch else 'no epoch finished'
-                    raise CapsegError(f'training diverged in epoch {epoch + 1}: the loss is {loss.item()}; {kept} — '
-                                      'lower the learning rate or alpha')
-                net.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                net.opt.step()
-                if net.sched is not None: net.sched.step()
-                log['loss'].append(loss.item()); log['fidelity'].append(fid.mean().item())
-                log['regularization'].append(reg.mean().item()); log['iou'].append(flip_invariant_iou(p.detach(), mb))
-        for net in nets:
-            if len(held): net.end_epoch(epoch + 1, x_held, sigma, seed)
-        if screen_at and epoch + 1 >= screen_at: (nets, selection), screen_at = _screen(nets, epoch + 1), None
-        train_seconds += time.perf_counter() - t0
-        cpu_seconds += time.process_time() - c0
-        for net, log in zip(nets, logs):        # the test curves (masks only score, never steer)
-            test = score(x_test, infer(net.model, x_test), d.mask_test, alpha)
-            for k, v in log.items(): net.history.add(f'train/{k}', v)
-            for k in log: net.history.add(f'test/{k}', test[k])
-        stopped = bool(recipe.patience and len(nets) == 1 and nets[0].best
-                       and epoch + 1 - nets[0].best['epoch'] >= recipe.patience)
-        atomic_torch_save(dict(arch=arch, supervised=supervised, recipe=asdict(recipe), epoch=epoch + 1,
-                               nets=[n.state() for n in nets], selection=selection, stopped=stopped,
-                               train_seconds=train_seconds, cpu_seconds=cpu_seconds, rng=_rng_state(loader_gen),
-                               fingerprint=fingerprint, data_source=d.source, norm=norm, seed=seed), ckpt_path)
-        lead = min(nets, key=lambda n: n.best['risk']) if nets[0].best else nets[0]
-        bar.set_postfix(nets=len(nets), loss=f'{lead.history.last("train/loss"):.4f}',
-                        test_iou=f'{lead.history.last("test/iou"):.1f}')
+        try: logs = _train_epoch(state.nets, setup, epoch, info.supervised)
+        except _Diverged as e:
+            kept = f'the last good checkpoint (epoch {epoch}) is kept in {out}' if epoch else 'no epoch finished'
+            raise CapsegError(f'training diverged in epoch {epoch + 1}: the loss is {e.loss}; {kept} — '
+                              'lower the learning rate or alpha') from None
+        for net in state.nets:
+            if len(setup.held): net.end_epoch(epoch + 1, setup.held, setup.sigma, info.seed)
+        if screen_at and epoch + 1 >= screen_at: (state.nets, state.selection), screen_at = _screen(state.nets, epoch + 1), None
+        state.train_seconds += time.perf_counter() - t0
+        state.cpu_seconds += time.process_time() - c0
+        _log_epoch(state.nets, logs, setup)
+        best = state.nets[0].best
+        state.epoch, state.stopped = epoch + 1, bool(recipe.patience and len(state.nets) == 1 and best
+                                                     and epoch + 1 - best['epoch'] >= recipe.patience)
+        atomic_torch_save(_checkpoint(state, recipe, setup, info, gen), ckpt)
+        lead = min(state.nets, key=lambda n: n.best['risk']) if state.nets[0].best else state.nets[0]
+        bar.set_postfix(nets=len(state.nets), loss=f'{lead.history.last("train/loss"):.4f}',
+                        **({'test_iou': f'{lead.history.last("test/iou"):.1f}'} if 'test/iou' in lead.history else {}))
         if callback is not None: callback(epoch + 1, lead.history)
-        if stopped: break
-    net = nets[0]
-    if net.best is not None: net.model.load_state_dict(net.best['state'])
-    auto = dict(epochs_planned=epochs, noise_sigma=sigma * norm['std'], alpha=alpha, alpha_rule=(f'kappa {recipe.kappa:g} × noise variance'
-                if recipe.alpha == 'auto' else 'given'), holdout_images=len(held), selection=selection,
-                best_epoch=net.best['epoch'] if net.best else None, stopped_early=stopped)
-    return _finish(net.model, recipe, d, norm, net.history, out, arch=arch, seed=seed, supervised=supervised,
-                   train_seconds=train_seconds, cpu_seconds=cpu_seconds, t_start=t_start, figures=figures,
-                   widths=net.widths, auto=auto)
+        if state.stopped: break
+    return _finish(state, setup, data, recipe, out, info, figures)
 
-# %% ../nbs/05_segment.ipynb #08492d4f
-def _results_png(x, p, masks, norm, path, n: int = 10, title: str | None = None):
-    x, p, m = x[:n], p[:n], _nchw(torch.as_tensor(np.asarray(masks[:n])))
-    ious, flip = batch_flip(p, m)
-    binary = ((1 - p) if flip else p) > 0.5
-    image_grid({'image': (x[:, 0] * norm['std'] + norm['mean']).numpy(), 'probability': p[:, 0].numpy(),
-                'binary': binary[:, 0].numpy(), 'mask': m[:, 0].numpy()}, path, title=title)
+# %% ../nbs/05_segment.ipynb #309125cc
+def _polarity(p) -> bool:
+    "Whether `p > 0.5` marks the background: it covers most of the image border in most images (no masks used)."
+    if isinstance(p, list): return sum(map(_border_high, p)) > len(p) / 2
+    border = torch.cat([p[..., 0, :], p[..., -1, :], p[..., 1:-1, 0], p[..., 1:-1, -1]], -1).flatten(1)
+    return bool(((border > 0.5).float().mean(1) > 0.5).float().mean() > 0.5)
 
+def _border_high(p: torch.Tensor) -> bool:
+    "Whether `p > 0.5` covers most of the border of one H×W map."
+    return _polarity(p[None, None])
+
+def _grid(rows: dict, flip: bool, path, title: str):
+    "The results figure: image, probability, the binary mask (flipped where `flip`) and, where given, the mask."
+    rows = {'image': rows['image'], 'probability': rows['p'], 'binary': [((1 - p) if flip else p) > 0.5 for p in rows['p']],
+            **({'mask': rows['mask']} if rows.get('mask') is not None else {})}
+    image_grid(rows, path, title=title)
+
+def _split_results(model, x: torch.Tensor, masks, setup: _Setup, flip: bool | None = None) -> tuple[dict, dict]:
+    "Scores of one in-memory split, and its figure rows (10 images)."
+    p = infer(model, x)
+    flip = _polarity(p) if flip is None else flip
+    fg = (((1 - p) if flip else p) > 0.5).float().mean().item()
+    r = dict(energy=chan_vese_loss(x, p, setup.alpha)[0].item(), foreground_fraction=fg, flip=flip)
+    rows = dict(image=(x[:10, 0] * setup.norm['std'] + setup.norm['mean']).numpy(), p=p[:10, 0].numpy())
+    if masks is not None:
+        s = score(x, p, masks, setup.alpha)
+        r.update(iou=s['iou_batch_level'], iou_per_image=s['iou_per_image'], loss=float(np.mean(s['loss'])),
+                 flipped_batches=s['flipped_batches'], flip_shown=batch_flip(p[:10], _nchw(torch.as_tensor(masks[:10])))[1])
+        rows['mask'] = np.asarray(masks[:10])
+    return r, rows
+
+def _results_arrays(model, d: SegData, setup: _Setup, out: Path, figures: bool) -> dict:
+    "The metrics of a run on images held in memory (train split, and the test split where there is one)."
+    tr, rows_tr = _split_results(model, normalize(d.image_train, setup.norm), d.mask_train, setup)
+    m = dict(flip=tr['flip'], energy=tr['energy'], foreground_fraction=tr['foreground_fraction'])
+    if 'iou' in tr: m.update(train_iou=tr['iou'], train_iou_per_image=tr['iou_per_image'])
+    x_speed = normalize(d.image_train[:1000], setup.norm)
+    if d.image_test is not None:
+        x_speed = normalize(d.image_test, setup.norm)
+        te, rows_te = _split_results(model, x_speed, d.mask_test, setup, flip=tr['flip'])
+        if 'iou' in te:
+            base = baseline_scores(d.image_test, d.mask_test)
+            m.update(test_iou=te['iou'], test_iou_per_image=te['iou_per_image'], test_loss=te['loss'],
+                     test_flipped_batches=te['flipped_batches'], baseline_test_iou=base['test_iou'],
+                     baseline_test_iou_per_image=base['test_iou_per_image'])
+        if figures: _grid(rows_te, te.get('flip_shown', te['flip']), out / 'results_test.png', 'test')
+    if figures: _grid(rows_tr, tr.get('flip_shown', tr['flip']), out / 'results_train.png', 'train')
+    m['inference_images_per_s'] = images_per_second(model, x_speed)
+    return m
+
+# %% ../nbs/05_segment.ipynb #21b5c429
+def frame_probability(model: nn.Module, image: np.ndarray, norm: dict) -> torch.Tensor:
+    "The network's probability map (H×W) of one frame already normalised per frame (`FrameSet.image`)."
+    return infer(model, normalize(image[None], norm), batch_size=1)[0, 0]
+
+def score_frames(model, frames: FrameSet, norm: dict, alpha: float, flip: bool | None = None, figure_frames: int = 4):
+    "Per-frame scores (energy, foreground both ways, IoU both ways where masks exist, blur + Otsu) and figure rows."
+    per, rows = [], dict(image=[], p=[], mask=[] if frames.n_masks else None)
+    for i in progress(range(len(frames)), desc='scoring frames', unit='frame'):
+        x = frames.image(i)
+        p = frame_probability(model, x, norm)
+        r = dict(energy=chan_vese_loss(torch.from_numpy(x)[None, None], p[None, None], alpha)[0].item(),
+                 fg=(p > 0.5).float().mean().item(), border_high=_border_high(p))
+        m = frames.mask(i)
+        if m is not None:
+            mt = torch.from_numpy(m)[None]
+            r['iou'] = [v.item() * 100 for v in flip_ious(p[None], mt)]
+            r['otsu'] = [v.item() * 100 for v in flip_ious(torch.from_numpy(blur_otsu(x[None])[0]).float()[None], mt)]
+        per.append(r)
+        if i < figure_frames:
+            rows['image'].append(x); rows['p'].append(p.numpy())
+            if rows['mask'] is not None: rows['mask'].append(np.zeros_like(x) if m is None else m)
+    return per, rows
+
+def _frame_metrics(per: list[dict], flip: bool) -> dict:
+    "Mean scores over frames; IoU with one flip for all frames (as the model is used) and per frame."
+    m = dict(energy=float(np.mean([r['energy'] for r in per])),
+             foreground_fraction=float(np.mean([1 - r['fg'] if flip else r['fg'] for r in per])))
+    scored = [r for r in per if 'iou' in r]
+    if scored:
+        best = lambda key: max(np.mean([r[key][k] for r in scored]) for k in (0, 1))
+        m.update(iou=best('iou'), iou_per_image=float(np.mean([max(r['iou']) for r in scored])),
+                 baseline_iou=best('otsu'), baseline_iou_per_image=float(np.mean([max(r['otsu']) for r in scored])),
+                 n_masks=len(scored))
+    return m
+
+def _as_split(m: dict, split: str) -> dict:
+    "Frame scores named as a split's: `iou` → `train_iou`, `baseline_iou` → `baseline_train_iou`, ..."
+    rename = {'iou': f'{split}_iou', 'iou_per_image': f'{split}_iou_per_image', 'baseline_iou': f'baseline_{split}_iou',
+              'baseline_iou_per_image': f'baseline_{split}_iou_per_image'}
+    return {rename.get(k, k): v for k, v in m.items()}
+    return m
+
+def _results_frames(model, f: FrameSet, setup: _Setup, out: Path, figures: bool) -> dict:
+    "The metrics of a run on frames of any size: every frame predicted whole and scored."
+    t = time.perf_counter()
+    per, rows = score_frames(model, f, setup.norm, setup.alpha)
+    pixels = sum(np.prod(f.shape(i)) for i in range(len(f)))
+    flip = sum(r['border_high'] for r in per) > len(per) / 2
+    m = dict(flip=flip, **_as_split(_frame_metrics(per, flip), 'train'), crop=setup.crop, n_frames=len(f),
+             inference_megapixels_per_s=pixels / 1e6 / (time.perf_counter() - t))
+    if figures: _grid(rows, flip, out / 'results_train.png', 'training frames (first 4)')
+    return m
+
+# %% ../nbs/05_segment.ipynb #c49c6a30
 RESULT_FILES = ('model.pt', 'curves.png', 'results_train.png', 'results_test.png')   # besides metrics.json
 
-def _finish(model, recipe, d, norm, history, out, arch, seed, supervised, train_seconds, cpu_seconds, t_start,
-            figures, widths, auto):
+def _inputs(data) -> dict | None:
+    "How `predict` must prepare an image for this model (None: in its own units, as an npz holds it)."
+    if isinstance(data, FrameSet) and data.levels is not None:
+        return dict(normalize='percentile', low=data.levels[0], high=data.levels[1], channel=data.channel)
+    return None
+
+def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info: _Settings, figures: bool) -> dict:
+    "Keep the best held-out epoch, score it, and publish model.pt, metrics.json and the figures together."
+    net = state.nets[0]
+    if net.best is not None: net.model.load_state_dict(net.best['state'])
     with staged(out, replaces=RESULT_FILES) as stage:
-        x_train, x_test = normalize(d.image_train, norm), normalize(d.image_test, norm)
-        p_train, p_test = infer(model, x_train), infer(model, x_test)
-        alpha = auto['alpha']
-        tr, te = score(x_train, p_train, d.mask_train, alpha), score(x_test, p_test, d.mask_test, alpha)
-        background_high = _polarity(p_train)
-        speed = images_per_second(model, x_test)
-        base = baseline_scores(d.image_test, d.mask_test)
-        atomic_torch_save(model_record(model, recipe, norm, widths, alpha, arch=arch, flip=background_high, epochs=history.epochs,
-                                       data_source=d.source, supervised=supervised), stage / 'model.pt')
-        metrics = dict(
-            test_iou=te['iou_batch_level'], test_iou_per_image=te['iou_per_image'],
-            train_iou=tr['iou_batch_level'], train_iou_per_image=tr['iou_per_image'],
-            test_loss=float(np.mean(te['loss'])), test_flipped_batches=te['flipped_batches'],
-            baseline_test_iou=base['test_iou'], baseline_test_iou_per_image=base['test_iou_per_image'],
-            train_seconds=train_seconds, train_cpu_seconds=cpu_seconds, wall_seconds=None,
-            inference_images_per_s=speed, epochs=history.epochs, arch=arch, supervised=supervised, seed=seed,
-            alpha=alpha, widths=list(widths), **{k: v for k, v in auto.items() if k != 'alpha'}, recipe=asdict(recipe), foreground='p < 0.5' if background_high else 'p > 0.5',
-            data=d.source, n_train=len(d.image_train), n_test=len(d.image_test),
-            device=str(next(model.parameters()).device), torch_threads=torch.get_num_threads(),
-            iou_definition='flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 test images '
-                           '(the seed\'s batch-level choice), mean over images; *_per_image: flip chosen per image',
-            history=history.to_dict())
-        if figures:
-            names = ['loss', 'fidelity', 'regularization', 'iou'] + ['risk'] * ('holdout/risk' in history)
-            plot_curves(history, stage / 'curves.png', names=names, ncols=len(names),
-                        title=f'{arch}: mean ± std over batches; risk: SURE on held-out training images')
-            _results_png(x_train, p_train, d.mask_train, norm, stage / 'results_train.png', title='train')
-            _results_png(x_test, p_test, d.mask_test, norm, stage / 'results_test.png', title='test')
-        metrics['wall_seconds'] = time.perf_counter() - t_start
+        results = (_results_arrays if isinstance(data, SegData) else _results_frames)(net.model, data, setup, stage, figures)
+        flip = results.pop('flip')
+        atomic_torch_save(model_record(net.model, recipe, setup.norm, net.widths, setup.alpha, arch=info.arch, flip=flip,
+                                       epochs=net.history.epochs, data_source=data.source, supervised=info.supervised,
+                                       inputs=_inputs(data)), stage / 'model.pt')
+        metrics = dict(**results, holdout_risk=net.best['risk'] if net.best else None, train_seconds=state.train_seconds,
+                       train_cpu_seconds=state.cpu_seconds, epochs=net.history.epochs, arch=info.arch,
+                       supervised=info.supervised, seed=info.seed, alpha=setup.alpha, widths=list(net.widths),
+                       epochs_planned=setup.epochs, noise_sigma=setup.sigma * setup.norm['std'],
+                       alpha_rule=f'kappa {recipe.kappa:g} × noise variance' if recipe.alpha == 'auto' else 'given',
+                       holdout_images=len(setup.held), selection=state.selection,
+                       best_epoch=net.best['epoch'] if net.best else None, stopped_early=state.stopped,
+                       recipe=asdict(recipe), foreground='p < 0.5' if flip else 'p > 0.5', data=data.source,
+                       n_train=len(data.image_train) if isinstance(data, SegData) else len(data),
+                       n_test=0 if getattr(data, 'image_test', None) is None else len(data.image_test),
+                       device=str(info.device), torch_threads=torch.get_num_threads(), iou_definition=IOU_DEFINITION,
+                       history=net.history.to_dict())
+        if figures: _curves(net.history, stage / 'curves.png', info.arch)
+        metrics['wall_seconds'] = time.perf_counter() - info.t_start
         save_json(metrics, stage / 'metrics.json')
-        return metrics
+    return metrics
+
+IOU_DEFINITION = ('flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 test images (the seed\'s '
+                  'batch-level choice), mean over images; *_per_image: flip chosen per image; iou (frames): one flip for '
+                  'all frames with masks')
+
+def _curves(history: History, path: Path, arch: str):
+    names = [n for n in ('loss', 'fidelity', 'regularization', 'iou', 'risk') if any(k.endswith('/' + n) for k in history.keys())]
+    plot_curves(history, path, names=names, ncols=len(names),
+                title=f'{arch}: mean ± std over batches; risk: SURE on held-out training images')
+
+# %% ../nbs/05_segment.ipynb #52c3ce4c
+def _fingerprint(d) -> str:
+    "A hash of the training data: the arrays' bytes, or the frames' names, sizes and modification times."
+    h = hashlib.sha1()
+    if isinstance(d, SegData):
+        for k, a in d.arrays().items(): h.update(k.encode()); h.update(np.ascontiguousarray(a).tobytes())
+    else:
+        for f in d.frames:
+            if isinstance(f, tuple): h.update(f'{f[0]}:{f[1]}:{os.stat(f[0]).st_size}:{os.stat(f[0]).st_mtime_ns}'.encode())
+            else: h.update(np.ascontiguousarray(f).tobytes())
+    return h.hexdigest()[:16]
+
+def train(data: str | Path | SegData | None = None, *, images=None, masks=None, shapes: bool = False,
+          noise: float = 0.5, out: str | Path = 'runs/segment', epochs: int | None = None, arch: str = 'default',
+          seed: int = 0, resume: bool = False, device: str | torch.device | None = None,
+          alpha: float | str | None = None, lr: float | None = None, batch_size: int | None = None,
+          augment: str | None = None, widths: Sequence[int] | None = None, channel: int | None = None,
+          supervised: bool = False, figures: bool = True, callback: Callable[[int, History], None] | None = None,
+          quiet: bool = False, max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
+    """Train a segmentation network without masks (Chan–Vese loss) on one of: `data` (an npz path or `SegData`),
+    `images` (image paths, folders, globs, an npz, or arrays: N×H×W or a list of H×W) or the noisy `shapes`; write
+    model.pt, metrics.json and the figures into `out`; return the metrics. The global random generators are seeded
+    for the run and restored afterwards; every option is described in the notebook."""
+    t_start = time.perf_counter()
+    from torchvision.transforms import v2     # the augmentation's: a broken install stops here, before any work
+    if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
+    d = _resolve_data(data, images, masks, shapes, noise, channel, max_npz_bytes)
+    given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)
+    recipe = replace(ARCHS[arch], **{k: v for k, v in given.items() if v is not None})
+    if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for
+    if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
+    _check_recipe(recipe)
+    out, device = Path(out), get_device(device)
+    info = _Settings(arch, seed, supervised, resume, device, _fingerprint(d), d.source, t_start)
+    with claim_output(out), cpu_threads(recipe.threads if device.type == 'cpu' else None), quiet_output(quiet), \
+         kept_global_rng():
+        return _run(d, recipe, out, info, figures=figures, callback=callback)
 
 # %% ../nbs/05_segment.ipynb #90c04765
 def load_model(path, device=None) -> tuple[nn.Module, dict]:
@@ -621,11 +907,40 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
     model.load_state_dict(rec['state_dict'])
     return model.to(get_device(device)).eval(), rec
 
-def evaluate(data, model, out=None, device=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
-    "Score the model in folder `model` on the test split of npz `data`; writes metrics.json (see the CLI)."
-    d = _resolve_data(data, False, 0.0, max_npz_bytes)
+def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
+             max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
+    "Score the model in folder `model` on the test split of npz `data`, or on `images` against `masks`; writes metrics.json."
+    if model is None: raise CapsegError('give --model DIR (a folder written by `capseg segment train`)')
+    if (data is None) == (images is None): raise CapsegError('give --data FILE.npz, or --images PATH... with --masks PATH...')
+    if images is not None and masks is None: raise CapsegError('--images needs --masks: eval scores images against their masks')
     net, rec = load_model(model, device)
-    with cpu_threads(rec['recipe'].get('threads')): return _evaluate(d, net, rec, model, out)
+    if images is None: d = load_seg_npz(data, max_npz_bytes, need=('image_test', 'mask_test'))
+    else: d = load_frames(images, masks, **_reading(rec, channel))
+    with cpu_threads(rec['recipe'].get('threads')):
+        return (_evaluate if isinstance(d, SegData) else _evaluate_frames)(d, net, rec, model, out)
+
+def _reading(rec: dict, channel: int | None) -> dict:
+    "How the model reads image files: `load_frames`' channel and percentile levels (see `_inputs`)."
+    inputs = rec.get('inputs')
+    if not inputs: raise CapsegError('this model was trained on arrays in their own units (an npz): score it with --data')
+    return dict(channel=inputs['channel'] if channel is None else channel, levels=(inputs['low'], inputs['high']))
+
+def _save_eval(result: dict, model, out):
+    "Write `result` to `out/metrics.json`, or beside the training record in the model's folder."
+    target = Path(out or model) / 'metrics.json'
+    if out is None and target.exists():       # keep the training record beside the evaluation
+        save_json({**load_json(target), 'eval': result}, target)
+    else: save_json(result, target)
+    return result
+
+def _evaluate_frames(f: FrameSet, net, rec, model, out) -> dict:
+    t = time.perf_counter()
+    per, _ = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0)
+    m = _as_split(_frame_metrics([r for r in per if 'iou' in r], bool(rec.get('flip'))), 'test')
+    pixels = sum(np.prod(f.shape(i)) for i in range(len(f)))
+    result = dict(**m, n_test=m['n_masks'], data=f.source, model=str(model),
+                  inference_megapixels_per_s=pixels / 1e6 / (time.perf_counter() - t))
+    return _save_eval(result, model, out)
 
 def _evaluate(d, net, rec, model, out):
     x = normalize(d.image_test, rec['norm'])
@@ -636,11 +951,7 @@ def _evaluate(d, net, rec, model, out):
                   test_loss=float(np.mean(s['loss'])), test_flipped_batches=s['flipped_batches'],
                   baseline_test_iou=base['test_iou'], baseline_test_iou_per_image=base['test_iou_per_image'],
                   inference_images_per_s=images_per_second(net, x), n_test=len(x), data=d.source, model=str(model))
-    target = Path(out or model) / 'metrics.json'
-    if out is None and target.exists():       # keep the training record beside the evaluation
-        save_json({**load_json(target), 'eval': result}, target)
-    else: save_json(result, target)
-    return result
+    return _save_eval(result, model, out)
 
 # %% ../nbs/05_segment.ipynb #ae3c025a
 import json

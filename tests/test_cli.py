@@ -85,14 +85,14 @@ def test_summary_reads_what_is_there(tmp_path):
 # --- a missing or broken dependency is named, with the pip command that fixes it ---
 
 def run_without(tmp_path, missing: str = '', broken: str = ''):
-    """`capseg segment eval` in a subprocess where package `missing` cannot be imported (a sitecustomize on PYTHONPATH
+    """`capseg segment train` in a subprocess where package `missing` cannot be imported (a sitecustomize on PYTHONPATH
     blocks it) or package `broken` fails on import the way a torchvision built for another torch does."""
     (tmp_path/'sitecustomize.py').write_text(f'import sys\nif {missing!r}: sys.modules[{missing!r}] = None\n')
     if broken:
         (tmp_path/broken).mkdir()
         (tmp_path/broken/'__init__.py').write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
     env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
-    return subprocess.run([capseg_exe(), 'segment', 'eval', '--data', 'x.npz', '--model', 'm'],
+    return subprocess.run([capseg_exe(), 'segment', 'train', '--data', 'x.npz', '--out', tmp_path / 'out'],
                           capture_output=True, text=True, timeout=300, env=env)
 
 

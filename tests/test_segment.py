@@ -94,7 +94,7 @@ def test_cli_flags_reach_the_recipe(tmp_path):
 
 def bad_npzs(tmp: Path) -> dict:
     good = make_shapes(n_train=8, n_test=8).arrays()
-    cases = {'missing-key': {k: v for k, v in good.items() if k != 'mask_train'},
+    cases = {'missing-key': {k: v for k, v in good.items() if k != 'image_train'},   # masks alone: nothing to train on
              'nan': {**good, 'image_test': np.full((8, 32, 32), np.nan, np.float32)},
              'shape': {**good, 'mask_test': good['mask_test'][:, :16]},
              'not-binary': {**good, 'mask_train': good['mask_train'] * 7},
