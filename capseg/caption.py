@@ -25,9 +25,9 @@ from .caption_data import CaptionItem, clean_caption, load_caption_data, load_im
 from .metrics import caption_metrics
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'GENERATION', 'SHAPES_DEFAULT', 'train_tokenizer', 'set_special_ids', 'tiny_processor', 'tiny_model',
-           'Captioner', 'load_captioner', 'ImageTransform', 'CaptionDataset', 'collate_captions', 'n_params',
-           'resolve_amp', 'amp_context', 'TrainConfig', 'make_optimizer', 'batch_loss', 'optimizer_step',
+__all__ = ['SPECIAL_TOKENS', 'GENERATION', 'SHAPES_DEFAULT', 'ACCEPTED', 'train_tokenizer', 'set_special_ids', 'tiny_processor',
+           'tiny_model', 'Captioner', 'load_captioner', 'ImageTransform', 'CaptionDataset', 'collate_captions',
+           'n_params', 'resolve_amp', 'amp_context', 'TrainConfig', 'make_optimizer', 'batch_loss', 'optimizer_step',
            'save_checkpoint', 'epoch_batches', 'fit', 'generate_captions', 'score_dataset', 'train', 'evaluate',
            'predict']
 
@@ -606,20 +606,37 @@ def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, 
 # %% ../nbs/08_caption.ipynb #34e979ce
 from functools import partial
 
-from .predict import Item, Predictions, expand_inputs
+from .images import to_rgb8
+from .predict import Item, Predictions, expand_inputs, in_memory_images
 
 # %% ../nbs/08_caption.ipynb #e2623e52
 def _caption_pixels(item: Item, transform: ImageTransform) -> np.ndarray:
     return transform(load_image(item.path)).numpy()
 
+ACCEPTED = 'caption.predict takes image paths, folders, globs, NumPy arrays or PIL images'
+
+def _caption_images(cap: Captioner, images: list, many: bool, device, **generate):
+    "The captions of in-memory images (PIL images as Pillow converts them to RGB, arrays by `to_rgb8`)."
+    transform = ImageTransform(cap.processor)
+    pixels = torch.stack([transform(im if isinstance(im, Image.Image) else to_rgb8(im)) for im in images])
+    captions = generate_captions(cap, pixels, device=device, bar=False, **generate)
+    return captions if many else captions[0]
+
 def predict(model, inputs, out=None, device=None, batch_size: int = 32, workers: int | None = None,
-            num_beams: int = 5, max_new_tokens: int = 30) -> Predictions:
+            num_beams: int = 5, max_new_tokens: int = 30):
     """Caption image files, folders of them (searched recursively) and glob patterns. Iterate the result for one record
     per input: `path` and `caption`, or `path` and `error`. `model`: a `Captioner` or what `load_captioner` takes.
     With `out` the records also go to `out/predictions.jsonl`, and a rerun skips the inputs already there
-    (`capseg.predict.Predictions`). The CLI prints the caption of one image, `PATH<TAB>caption` lines for several."""
+    (`capseg.predict.Predictions`). The CLI prints the caption of one image, `PATH<TAB>caption` lines for several.
+    A PIL image or NumPy array gets its caption string back directly, a list of them a list of captions."""
+    arrays = in_memory_images(inputs, ACCEPTED)
+    if arrays is not None and out is not None:
+        raise CapsegError('out= is for image files; PIL images and arrays get their captions returned')
     cap = model if isinstance(model, Captioner) else load_captioner(model)
     device = get_device(device)
+    if arrays is not None:
+        return _caption_images(cap, *arrays, device, batch_size=batch_size, num_beams=num_beams,
+                               max_new_tokens=max_new_tokens)
     def caption_batch(items, pixels) -> list[dict]:
         captions = generate_captions(cap, torch.from_numpy(np.stack(pixels)), batch_size=len(pixels),
                                      num_beams=num_beams, max_new_tokens=max_new_tokens, device=device, bar=False)

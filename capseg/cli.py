@@ -125,7 +125,15 @@ def _predict_parser(job_subparsers: argparse._SubParsersAction, job: str):
                    help=f'images per batch (default {64 if segment else 32})')
     p.add_argument('--workers', type=int, default=argparse.SUPPRESS,
                    help='processes reading images (default: one per core but one, up to 4)')
-    if segment: _max_npz_bytes(p)
+    if not segment: return
+    _max_npz_bytes(p)
+    p.add_argument('--channel', type=int, metavar='K', help='segment channel K of colour images (default: the grey '
+                   'of RGB by BT.601 weights, or the channel the model was trained on)')
+    p.add_argument('--foreground', choices=['auto', 'bright', 'dark'], default='auto',
+                   help='which phase is the shape: auto (the border rule of training), or per image the brighter or '
+                   'darker one (default auto)')
+    p.add_argument('--save-prob', action='store_true', help='also write the foreground probability as a 16-bit PNG '
+                   '(0-65535) to probs/NAME.png, with --out')
 
 def _print_predictions(preds: Predictions) -> int:
     "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."

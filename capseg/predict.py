@@ -16,21 +16,22 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, frame_count
 from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, gather_objects,
                    init_distributed, is_main_process, load_json, npz_arrays, progress, rank, regular_file, save_json,
                    world_size)
 
 # %% auto #0
-__all__ = ['NPZ_KEYS', 'RESULTS', 'Item', 'record_id', 'expand_inputs', 'npz_images', 'read_npz_image', 'save_png',
-           'read_records', 'merge_parts', 'Predictions']
+__all__ = ['NPZ_KEYS', 'PNG_BLOCK', 'RESULTS', 'Item', 'record_id', 'expand_inputs', 'in_memory_images', 'npz_images',
+           'read_npz_image', 'save_png', 'read_records', 'merge_parts', 'Predictions']
 
 # %% ../nbs/04_predict.ipynb #adceffb3
 @dataclass(frozen=True, slots=True)
 class Item:
-    "One input: an image file, or image `index` of array `key` of an npz file; `error` says why it cannot be read."
+    "One input: an image file, frame `index` of a TIFF stack, or image `index` of array `key` of an npz file; `error`: why it cannot be read."
     path: str                    # as given or found, normalised (`os.path.normpath`)
     name: str = ''               # unique among the inputs, relative to their common folder, no suffix
     index: int | None = None
@@ -41,7 +42,7 @@ class Item:
     def id(self) -> tuple: return (self.path, self.index)
 
     def record(self, **fields) -> dict:
-        "A result record: `path` (and `index` for an npz image), then `fields`."
+        "A result record: `path` (and `index` for an npz image or a stack frame), then `fields`."
         return {'path': self.path, **({} if self.index is None else {'index': self.index}), **fields}
 
 def record_id(record: dict) -> tuple:
@@ -84,9 +85,19 @@ def _not_regular(path: str) -> str | None:
     try: regular_file(path)
     except CapsegError as e: return str(e).removeprefix(f'{path}: ')
 
-def expand_inputs(inputs, npz: bool = False, skip=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> list[Item]:
+def _stack_items(path: str, name: str) -> list[Item]:
+    "One item per frame of a multi-frame TIFF file, with its `index`; any other file (or an unreadable one) as one item."
+    suffix = os.path.splitext(path)[1]
+    try: count = frame_count(path) if suffix.lower() in (".tif", ".tiff") else 1
+    except CapsegError: count = 1                   # it fails when it is read, with its reason in its record
+    if count == 1: return [Item(path, name)]
+    return [Item(path, os.path.join(name + suffix, f"frame_{i:04d}"), index=i) for i in range(count)]
+
+def expand_inputs(inputs, npz: bool = False, skip=None, max_npz_bytes: int = MAX_NPZ_BYTES, *,
+                  stacks: bool = False) -> list[Item]:
     """The inputs — files, folders (image files found recursively) and glob patterns — as `Item`s in order, each file
-    once; with `npz`, an `.npz` file gives one item per image. An input that finds nothing is an item with an `error`.
+    once; with `npz`, an `.npz` file gives one item per image; with `stacks`, a multi-page TIFF file one item per
+    frame. An input that finds nothing is an item with an `error`.
     Searches leave out folder `skip` (the output folder: a rerun must not take the masks it wrote for inputs)."""
     if isinstance(inputs, (str, os.PathLike)): inputs = [inputs]
     skip = None if skip is None else os.path.abspath(skip)
@@ -102,8 +113,25 @@ def expand_inputs(inputs, npz: bool = False, skip=None, max_npz_bytes: int = MAX
     items = []
     for path, error in found:
         if error is None and npz and path.lower().endswith('.npz'): items += _npz_items(path, names[path], max_npz_bytes)
+        elif error is None and stacks: items += _stack_items(path, names[path])
         else: items.append(Item(path, names.get(path, ''), error=error))
     return items
+
+# %% ../nbs/04_predict.ipynb #cd99cc80
+def _kind(x) -> str:
+    if isinstance(x, (np.ndarray, Image.Image)): return 'image'
+    return 'path' if isinstance(x, (str, os.PathLike)) else type(x).__name__
+
+def in_memory_images(inputs, accepted: str) -> tuple[list, bool] | None:
+    """`(images, many)` when `inputs` is a NumPy array or PIL image, or a list or tuple of them (`many`); None when it
+    is paths. Anything else is a one-line `CapsegError`: `accepted` (what the caller takes), not what was given."""
+    many = isinstance(inputs, (list, tuple))
+    given = list(inputs) if many else [inputs]
+    kinds = set(map(_kind, given))
+    other = sorted(kinds - {'image', 'path'})
+    if other: raise CapsegError(f"{accepted}, not {'a list holding ' if many else ''}{other[0]}")
+    if kinds == {'image', 'path'}: raise CapsegError(f'{accepted}, not paths and images in one list')
+    return (given, many) if kinds == {'image'} else None
 
 # %% ../nbs/04_predict.ipynb #0c680c20
 NPZ_KEYS = ('images', 'image_test', 'image_train')
@@ -153,15 +181,26 @@ def read_npz_image(item: Item) -> np.ndarray:
     return im
 
 # %% ../nbs/04_predict.ipynb #06f7a55f
+PNG_BLOCK = 1 << 22    # bytes of pixels compressed at a time: a large image is written without a full-size copy
+
+def _png_chunk(kind: bytes, data) -> bytes:
+    return struct.pack('>I', len(data)) + kind + bytes(data) + struct.pack('>I', zlib.crc32(data, zlib.crc32(kind)))
+
 def save_png(a: np.ndarray, path: str) -> str:
-    "Write a uint8 H×W array as an 8-bit grey PNG (zlib level 1) into an existing folder."
-    h, w = a.shape
-    rows = np.zeros((h, w + 1), np.uint8)            # each row starts with its filter type, 0 (none)
-    rows[:, 1:] = a
-    chunk = lambda kind, data: struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
-    png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 0, 0, 0, 0))
-           + chunk(b'IDAT', zlib.compress(rows.tobytes(), 1)) + chunk(b'IEND', b''))
-    with open(path, 'wb') as f: f.write(png)
+    "Write an H×W array as a grey PNG (zlib level 1) into an existing folder: bool as 0/255, uint8, uint16 as 16-bit."
+    if a.ndim != 2 or a.dtype not in (np.bool_, np.uint8, np.uint16):
+        raise CapsegError(f'save_png writes H×W bool, uint8 or uint16 arrays, not {a.dtype} of shape {a.shape}')
+    (h, w), size = a.shape, 1 + (a.dtype == np.uint16)
+    step, z = max(1, PNG_BLOCK // (w * size)), zlib.compressobj(1)
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + _png_chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8 * size, 0, 0, 0, 0)))
+        for top in range(0, h, step):
+            rows = np.zeros((min(step, h - top), w * size + 1), np.uint8)    # each row starts with its filter, 0
+            pixels = rows[:, 1:].view('>u2') if size == 2 else rows[:, 1:]
+            pixels[...] = a[top:top + step]
+            if a.dtype == np.bool_: pixels *= 255
+            if data := z.compress(rows): f.write(_png_chunk(b'IDAT', data))
+        f.write(_png_chunk(b'IDAT', z.flush()) + _png_chunk(b'IEND', b''))
     return path
 
 # %% ../nbs/04_predict.ipynb #94c7db1c
