@@ -79,7 +79,7 @@ def plot_curves(history: History | dict, path: str | Path | None = None, names: 
     return save_png(fig, path)
 
 # %% ../nbs/03_plot.ipynb #5760f301
-def image_grid(rows: dict[str, np.ndarray], path: str | Path | None = None, cmap: str = 'gray',
+def image_grid(rows: dict[str, np.ndarray], path: str | Path | None = None, *, cmap: str = 'gray',
                vmin: float | None = None, vmax: float | None = None, size: float = 1.2, title: str | None = None) -> Figure:
     "A grid with one labelled row per entry of `rows` (each N×H×W grey or N×H×W×3 colour images), N columns."
     n = max(len(v) for v in rows.values())

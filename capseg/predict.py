@@ -218,7 +218,7 @@ def read_records(path) -> Iterator[dict]:
 def _cut_torn_line(path):
     "Remove a last line that has no newline (a run killed mid-write): appended records then start on their own line."
     with open(path, 'rb+') as f:
-        end = pos = f.seek(0, os.SEEK_END)
+        pos = f.seek(0, os.SEEK_END)
         while pos > 0:
             step = min(pos, 1 << 16)
             pos -= step
@@ -299,7 +299,7 @@ class Predictions:
     takes every `world_size()`-th input. `threads`: torch CPU threads while predicting (None: unchanged); `job` and
     `model` are recorded in `out/predict.json` so that a rerun cannot mix two models' predictions; `format` turns a
     record into the CLI's line."""
-    def __init__(self, items: Sequence[Item], load: Callable, predict: Callable, out=None, batch_size: int = 64,
+    def __init__(self, items: Sequence[Item], load: Callable, predict: Callable, out=None, *, batch_size: int = 64,
                  workers: int | None = None, device=None, threads: int | None = None, job: str = '', model='',
                  format: Callable[[dict], str] = json.dumps, desc: str = 'predicting'):
         if not items: raise CapsegError('no inputs to predict')

@@ -165,7 +165,7 @@ def _per_image(rng: np.random.Generator, value, n: int) -> np.ndarray:
     low, high = value
     return rng.uniform(low, high, n)
 
-def make_shapes_split(n: int, noise=0.5, size: int = 32, seed: int = 0, split: int = 0, n_shapes=1, scale=1.0,
+def make_shapes_split(n: int, noise=0.5, size: int = 32, seed: int = 0, split: int = 0, *, n_shapes=1, scale=1.0,
                       polarity: str = 'bright', background=0.0, contrast=1.0):
     """`(images, masks, kinds)` of `n` noisy shapes; `kinds` indexes `SHAPES` (the first shape of each image).
     `noise`, `scale`, `background` and `contrast` are numbers or `(low, high)` ranges drawn per image; `n_shapes` an

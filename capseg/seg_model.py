@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy, math, time
 from dataclasses import dataclass
 from functools import cache
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,12 +17,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .core import CapsegError
+
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'region_means', 'chan_vese_loss', 'iou_per_image',
-           'flip_ious', 'batch_flip', 'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu',
-           'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer',
-           'score', 'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores',
-           'noise_sigma', 'piecewise_constant', 'sure_risk']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'PREDICT_PIXELS', 'TILE', 'region_means', 'chan_vese_loss',
+           'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou', 'seg_transforms', 'SegDataset',
+           'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize',
+           'infer', 'score', 'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic',
+           'baseline_scores', 'receptive_field', 'tiling', 'tiled_probability', 'noise_sigma', 'piecewise_constant',
+           'sure_risk']
 
 # %% ../nbs/05_seg_model.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -297,6 +300,73 @@ def baseline_scores(images, masks, method: str = 'blur_otsu') -> dict:
     s = score(torch.zeros_like(pred), pred, masks, 0.0)
     return dict(test_iou=s['iou_batch_level'], test_iou_per_image=s['iou_per_image'], seconds=seconds,
                 inference_images_per_s=len(pred) / seconds, method=method)
+
+# %% ../nbs/05_seg_model.ipynb #6f943bf3
+PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting images whole, in batches
+TILE = 512                  # side of the tiles of a large image: measured fastest on a 2-core CPU (caches), overlap included
+
+def receptive_field(net: nn.Module) -> int:
+    "Side (px) of the input window one output pixel of `net` depends on: its convolutions and upsamplings, in order."
+    size, step = 1.0, 1.0
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            size += (m.kernel_size[0] - 1) * m.dilation[0] * step
+            step *= m.stride[0]
+        elif isinstance(m, nn.Upsample):            # bilinear: two neighbours on the coarse grid
+            size += step
+            step /= m.scale_factor
+    return math.ceil(size)
+
+def tiling(net: nn.Module, tile: int | None = None) -> tuple[int, int, int]:
+    "(tile side, overlap, margin) in px for predicting a large image with `net` (see above)."
+    m, field = net.multiple, receptive_field(net)
+    overlap = -(-max(64, 2 * field) // m) * m
+    side = tile or max(TILE, 4 * overlap)
+    side -= side % m
+    if side < 2 * overlap: raise CapsegError(f'tile={tile}: tiles of this network need at least {2 * overlap} px a side')
+    return side, overlap, math.ceil(field / 2)
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+    "First pixels of the tiles covering 0..n: the last tile is shorter, and longer than `overlap`."
+    return [i * (tile - overlap) for i in range(max(1, -(-(n - overlap) // (tile - overlap))))]
+
+def _weights(i: int, count: int, length: int, ramp: np.ndarray) -> np.ndarray:
+    "Weights along one axis of tile `i` of `count` (`length` px): rising over its first overlap, falling over its last."
+    w = np.ones(length, np.float32)
+    if i > 0: w[:len(ramp)] = ramp
+    if i < count - 1: w[-len(ramp):] *= 1 - ramp
+    return w
+
+def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overlap: int,
+                 margin: int) -> Iterator[tuple[int, np.ndarray]]:
+    "The blended probability of an image as `(first row, rows)` bands, in order; `region(rows, cols)`: its tensor there."
+    (h, w), t = shape, (np.arange(overlap) + 0.5 - margin) / (overlap - 2 * margin)
+    ramp = (np.sin(np.clip(t, 0, 1) * np.pi / 2) ** 2).astype(np.float32)
+    rows, cols = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    col_weights = [_weights(j, len(cols), min(tile, w - left), ramp) for j, left in enumerate(cols)]
+    carry = None
+    for i, top in enumerate(rows):
+        height = min(tile, h - top)
+        band = np.zeros((height, w), np.float32)
+        if carry is not None: band[:overlap] = carry
+        row_weights = _weights(i, len(rows), height, ramp)[:, None]
+        for left, weights in zip(cols, col_weights):
+            cols_ = slice(left, left + len(weights))
+            x = region(slice(top, top + height), cols_).contiguous(memory_format=torch.channels_last)
+            p = infer(net, x)[0, 0].numpy()
+            p *= row_weights
+            p *= weights
+            band[:, cols_] += p
+        done = height if i == len(rows) - 1 else tile - overlap
+        carry = band[done:].copy()
+        yield top, band[:done]
+
+def tiled_probability(net: nn.Module, x: np.ndarray, tile: int | None = None) -> np.ndarray:
+    "The probability map (H×W float32) of one image `x` in the network's units: whole, or over blended tiles when large."
+    side, overlap, margin = tiling(net, tile)
+    if x.shape[0] * x.shape[1] <= side * side: return infer(net, torch.from_numpy(np.ascontiguousarray(x))[None, None])[0, 0].numpy()
+    region = lambda rows, cols: torch.from_numpy(np.ascontiguousarray(x[rows, cols]))[None, None]
+    return np.concatenate([band for _, band in _tiled_bands(net, region, x.shape, side, overlap, margin)])
 
 # %% ../nbs/05_seg_model.ipynb #6ac8a250
 def noise_sigma(images) -> np.ndarray:

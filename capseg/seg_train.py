@@ -94,7 +94,7 @@ def _images_data(images, masks=None, channel=None, max_npz_bytes: int = MAX_NPZ_
     if len(paths) == 1 and str(paths[0]).lower().endswith('.npz'): return load_seg_npz(paths[0], max_npz_bytes)
     return load_frames(paths, masks, channel)
 
-def _resolve_data(data=None, images=None, masks=None, shapes: bool = False, noise: float = 0.5, channel=None,
+def _resolve_data(data=None, images=None, masks=None, *, shapes: bool = False, noise: float = 0.5, channel=None,
                   max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData | FrameSet:
     if [data is not None, images is not None, bool(shapes)].count(True) != 1:
         raise CapsegError('give one of --data FILE.npz, --images PATH... or --shapes')
@@ -389,7 +389,7 @@ def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = Tr
                         **({'test_iou': f'{lead.history.last("test/iou"):.1f}'} if 'test/iou' in lead.history else {}))
         if callback is not None: callback(epoch + 1, lead.history)
         if state.stopped: break
-    return _finish(state, setup, data, recipe, out, info, figures)
+    return _finish(state, setup, data, recipe, out, info, figures=figures)
 
 # %% ../nbs/06_seg_train.ipynb #309125cc
 def _polarity(p) -> bool:
@@ -443,8 +443,9 @@ def _results_arrays(model, d: SegData, setup: _Setup, out: Path, figures: bool) 
 
 # %% ../nbs/06_seg_train.ipynb #21b5c429
 def frame_probability(model: nn.Module, image: np.ndarray, norm: dict) -> torch.Tensor:
-    "The network's probability map (H×W) of one frame already normalised per frame (`FrameSet.image`)."
-    return infer(model, normalize(image[None], norm), batch_size=1)[0, 0]
+    "The network's probability map (H×W) of one frame normalised per frame (`FrameSet.image`); over tiles when large."
+    x = (np.asarray(image, np.float32) - np.float32(norm['mean'])) / np.float32(norm['std'])
+    return torch.from_numpy(tiled_probability(model, x))
 
 def score_frames(model, frames: FrameSet, norm: dict, alpha: float, flip: bool | None = None, figure_frames: int = 4):
     "Per-frame scores (energy, foreground both ways, IoU both ways where masks exist, blur + Otsu) and figure rows."
@@ -504,7 +505,7 @@ def _inputs(data) -> dict | None:
         return dict(normalize='percentile', low=data.levels[0], high=data.levels[1], channel=data.channel)
     return None
 
-def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info: _Settings, figures: bool) -> dict:
+def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool) -> dict:
     "Keep the best held-out epoch, score it, and publish model.pt, metrics.json and the figures together."
     net = state.nets[0]
     if net.best is not None: net.model.load_state_dict(net.best['state'])
@@ -566,7 +567,7 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     t_start = time.perf_counter()
     from torchvision.transforms import v2     # the augmentation's: a broken install stops here, before any work
     if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
-    d = _resolve_data(data, images, masks, shapes, noise, channel, max_npz_bytes)
+    d = _resolve_data(data, images, masks, shapes=shapes, noise=noise, channel=channel, max_npz_bytes=max_npz_bytes)
     given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)
     recipe = replace(ARCHS[arch], **{k: v for k, v in given.items() if v is not None})
     if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for

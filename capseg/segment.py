@@ -10,7 +10,6 @@ import json, math, os, time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,12 +21,12 @@ from .images import _pil_array, percentiles, read_frame, to_grey
 from .predict import Item, Predictions, expand_inputs, in_memory_images, read_npz_image, save_png
 from .seg_data import MIN_SIZE, FrameSet, SegData, load_seg_npz
 from .seg_model import *
+from .seg_model import _tiled_bands
 from .seg_train import *
 from .seg_train import _frame_metrics, _as_split, cpu_threads, load_frames, score_frames
 
 # %% auto #0
-__all__ = ['PREDICT_PIXELS', 'TILE', 'FOREGROUNDS', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'receptive_field',
-           'tiling', 'predict']
+__all__ = ['FOREGROUNDS', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict']
 
 # %% ../nbs/07_segment.ipynb #90c04765
 def load_model(path, device=None) -> tuple[nn.Module, dict]:
@@ -154,65 +153,6 @@ def _load_input(item: Item, rec: dict, channel: int | None = None) -> _Input:
     if item.key: return _prepare(read_npz_image(item), rec, npz=True)
     return _prepare(read_frame(item.path, item.index or 0), rec, channel)
 
-# %% ../nbs/07_segment.ipynb #6f943bf3
-PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting images whole, in batches
-TILE = 512                  # side of the tiles of a large image: measured fastest on a 2-core CPU (caches), overlap included
-
-def receptive_field(net: nn.Module) -> int:
-    "Side (px) of the input window one output pixel of `net` depends on: its convolutions and upsamplings, in order."
-    size, step = 1.0, 1.0
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            size += (m.kernel_size[0] - 1) * m.dilation[0] * step
-            step *= m.stride[0]
-        elif isinstance(m, nn.Upsample):            # bilinear: two neighbours on the coarse grid
-            size += step
-            step /= m.scale_factor
-    return math.ceil(size)
-
-def tiling(net: nn.Module, tile: int | None = None) -> tuple[int, int, int]:
-    "(tile side, overlap, margin) in px for predicting a large image with `net` (see above)."
-    m, field = net.multiple, receptive_field(net)
-    overlap = -(-max(64, 2 * field) // m) * m
-    side = tile or max(TILE, 4 * overlap)
-    side -= side % m
-    if side < 2 * overlap: raise CapsegError(f'tile={tile}: tiles of this network need at least {2 * overlap} px a side')
-    return side, overlap, math.ceil(field / 2)
-
-def _starts(n: int, tile: int, overlap: int) -> list[int]:
-    "First pixels of the tiles covering 0..n: the last tile is shorter, and longer than `overlap`."
-    return [i * (tile - overlap) for i in range(max(1, -(-(n - overlap) // (tile - overlap))))]
-
-def _weights(i: int, count: int, length: int, ramp: np.ndarray) -> np.ndarray:
-    "Weights along one axis of tile `i` of `count` (`length` px): rising over its first overlap, falling over its last."
-    w = np.ones(length, np.float32)
-    if i > 0: w[:len(ramp)] = ramp
-    if i < count - 1: w[-len(ramp):] *= 1 - ramp
-    return w
-
-def _tiled_bands(net, image: _Input, tile: int, overlap: int, margin: int) -> Iterator[tuple[int, np.ndarray]]:
-    "The blended probability of a large image as `(first row, rows)` bands, in order, each row once and final."
-    (h, w), t = image.shape, (np.arange(overlap) + 0.5 - margin) / (overlap - 2 * margin)
-    ramp = (np.sin(np.clip(t, 0, 1) * np.pi / 2) ** 2).astype(np.float32)
-    rows, cols = _starts(h, tile, overlap), _starts(w, tile, overlap)
-    col_weights = [_weights(j, len(cols), min(tile, w - left), ramp) for j, left in enumerate(cols)]
-    carry = None
-    for i, top in enumerate(rows):
-        height = min(tile, h - top)
-        band = np.zeros((height, w), np.float32)
-        if carry is not None: band[:overlap] = carry
-        row_weights = _weights(i, len(rows), height, ramp)[:, None]
-        for left, weights in zip(cols, col_weights):
-            cols_ = slice(left, left + len(weights))
-            x = image.network(slice(top, top + height), cols_).contiguous(memory_format=torch.channels_last)
-            p = infer(net, x)[0, 0].numpy()
-            p *= row_weights
-            p *= weights
-            band[:, cols_] += p
-        done = height if i == len(rows) - 1 else tile - overlap
-        carry = band[done:].copy()
-        yield top, band[:done]
-
 # %% ../nbs/07_segment.ipynb #a3cce7b3
 FOREGROUNDS = ('auto', 'bright', 'dark')
 
@@ -264,7 +204,7 @@ def _segment_batch(net, rec, out, items, images, *, tiles: tuple, foreground: st
     record = lambda bands, k: _record(bands, images[k], items[k], out, bool(rec.get('flip')), foreground=foreground,
                                       save_prob=save_prob)
     for k, im in enumerate(images):
-        if im.shape[0] * im.shape[1] > side * side: records[k] = record(_tiled_bands(net, im, *tiles), k)
+        if im.shape[0] * im.shape[1] > side * side: records[k] = record(_tiled_bands(net, im.network, im.shape, *tiles), k)
         else: sizes.setdefault(im.shape, []).append(k)
     for (h, w), ks in sizes.items():
         x = torch.cat([images[k].network() for k in ks]).contiguous(memory_format=torch.channels_last)
@@ -285,8 +225,8 @@ def _predict_arrays(net, rec, images: list, many: bool, *, out, channel, save_pr
     masks = [r['mask'] for r in records]
     return masks if many else masks[0]
 
-def predict(model, inputs, out=None, device=None, batch_size: int = 64, workers: int | None = None,
-            max_npz_bytes: int = MAX_NPZ_BYTES, *, channel: int | None = None, foreground: str = 'auto',
+def predict(model, inputs, out=None, device=None, *, batch_size: int = 64, workers: int | None = None,
+            max_npz_bytes: int = MAX_NPZ_BYTES, channel: int | None = None, foreground: str = 'auto',
             save_prob: bool = False, tile: int | None = None):
     """Segment image files (any format `capseg.images` reads; a TIFF stack gives a record per frame), folders of them
     (searched recursively), glob patterns and npz files (array `images`, `image_test` or `image_train`). Iterate the
