@@ -85,7 +85,7 @@ def _changed(gen, changes: dict):
     return gen
 
 def generation_config(**changes):
-    "capseg's decoding -- 5 beams, at most 30 new tokens, no repeated trigram -- as a `GenerationConfig`, with `changes`."
+    "capseg's decoding (5 beams, at most 30 new tokens, no repeated trigram) as a `GenerationConfig`, with `changes`."
     from transformers import GenerationConfig
     capseg = GenerationConfig(num_beams=5, max_new_tokens=30, no_repeat_ngram_size=3, early_stopping=True)
     return _changed(capseg, changes)
@@ -145,11 +145,13 @@ def _capsegs(model, tok):
 
 def _load_folder(path: Path) -> Captioner:
     d = _model_dir(path)
-    if not (d/'config.json').is_file(): raise CapsegError(f'{path}: not a model folder (no config.json from save_pretrained)')
+    if not (d/'config.json').is_file():
+        raise CapsegError(f'{path}: not a model folder (no config.json from save_pretrained)')
     try: model, tok, proc = _from_pretrained(d)
     except pickle.UnpicklingError:   # a pytorch_model.bin (read with weights_only=True) that holds more than tensors
         raise CapsegError(f'{d}: refused to load the model: its weights file holds Python objects') from None
-    except (OSError, ValueError, KeyError) as e: raise CapsegError(f'{d}: cannot load the model ({first_line(e, 160)})') from None
+    except (OSError, ValueError, KeyError) as e:
+        raise CapsegError(f'{d}: cannot load the model ({first_line(e, 160)})') from None
     if not (d/'capseg.json').is_file(): return Captioner(_capsegs(model, tok), tok, proc, str(d), False)
     return Captioner(set_special_ids(model, tok), tok, proc, str(d), bool(load_json(d/'capseg.json').get('tiny')))
 
@@ -205,7 +207,8 @@ class CaptionDataset(Dataset):
             loaded = list(progress(ex.map(load, items), total=len(items), desc=f'loading {desc}'))
         self.skipped = [r for r in loaded if isinstance(r, str)]
         if self.skipped:
-            warn(f'{desc}: skipped {len(self.skipped)} of {len(items)} images that could not be read, e.g. {self.skipped[0]}')
+            warn(f'{desc}: skipped {len(self.skipped)} of {len(items)} images that could not be read, '
+                 f'e.g. {self.skipped[0]}')
         keep = [i for i, r in enumerate(loaded) if not isinstance(r, str)]
         self.items = [items[i] for i in keep]
         self.pixels = torch.stack([loaded[i] for i in keep]) if keep else torch.zeros(0, 3, *transform.size, dtype=torch.uint8)
@@ -409,7 +412,8 @@ def _resume(run: _Run, ck: Path):
     st = _load_state(ck)
     run.opt.load_state_dict(st['optimizer']); run.sched.load_state_dict(st['scheduler'])
     if run.scaler is not None and st.get('scaler'): run.scaler.load_state_dict(st['scaler'])
-    run.hist, run.epoch, run.seconds, run.best = History(st['history']), st['epoch'], st['train_seconds'], st.get('best', run.best)
+    run.hist, run.epoch, run.seconds = History(st['history']), st['epoch'], st['train_seconds']
+    run.best = st.get('best', run.best)
     run.hist.truncate(run.epoch)
     say(f'resuming {run.out} after epoch {run.epoch}')
     if st.get('world_size', 1) != world_size():
@@ -427,7 +431,8 @@ def _train_epoch(run: _Run, ds: CaptionDataset, epoch: int) -> list[float]:
     bar = progress(DataLoader(ds, batch_sampler=order, collate_fn=run.collate), desc=f'epoch {epoch + 1}/{cfg.epochs}')
     for i, batch in enumerate(bar):
         stepping = (i + 1) % cfg.accum == 0 or i + 1 == run.batches
-        if isinstance(run.net, DistributedDataParallel): run.net.require_backward_grad_sync = stepping   # average before a step only
+        if isinstance(run.net, DistributedDataParallel):   # average the gradients only before a step
+            run.net.require_backward_grad_sync = stepping
         loss = batch_loss(run.net, batch, run.device, run.autocast)
         # a non-finite loss goes backward too (every process must take part in the averaging): its gradients are
         # not finite then, in every process, and optimizer_step skips the step everywhere
@@ -440,8 +445,9 @@ def _train_epoch(run: _Run, ds: CaptionDataset, epoch: int) -> list[float]:
     losses = [x for xs in gather_objects(losses) for x in xs]   # every process's batches
     finite = [x for x in losses if math.isfinite(x)]
     if run.nonfinite > run.steps // 2 or not finite:
-        raise CapsegError(f'training diverged in epoch {epoch + 1}: {len(losses) - len(finite)} of {len(losses)} batch '
-                          f'losses and {run.nonfinite} of {run.steps} optimiser steps not finite; try a lower learning rate')
+        raise CapsegError(f'training diverged in epoch {epoch + 1}: {len(losses) - len(finite)} of {len(losses)} '
+                          f'batch losses and {run.nonfinite} of {run.steps} optimiser steps not finite; '
+                          'try a lower learning rate')
     return finite
 
 # %% ../nbs/08_caption.ipynb #6a6d9042
@@ -458,8 +464,8 @@ def _val_losses(run: _Run, ds: CaptionDataset) -> list[float]:
 def _trainer_state(run: _Run) -> dict:
     "What `--resume` and `eval` read back from `trainer_state.pt`: tensors and plain data only."
     return {'optimizer': run.opt.state_dict(), 'scheduler': run.sched.state_dict(),
-            'scaler': run.scaler.state_dict() if run.scaler else None, 'epoch': run.epoch, 'history': run.hist.to_dict(),
-            'train_seconds': run.seconds, 'nonfinite': run.nonfinite, 'best': run.best, 'world_size': world_size(),
+            'scaler': run.scaler.state_dict() if run.scaler else None, 'epoch': run.epoch,
+            'history': run.hist.to_dict(), 'train_seconds': run.seconds, 'nonfinite': run.nonfinite, 'best': run.best, 'world_size': world_size(),
             'config': vars(run.cfg), 'source': run.source}
 
 def _end_epoch(run: _Run, epoch: int, finite: list[float], val: dict, t0: float):
@@ -479,7 +485,7 @@ def _end_epoch(run: _Run, epoch: int, finite: list[float], val: dict, t0: float)
 
 def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None, out: str | Path, cfg: TrainConfig, *,
         resume: bool = False, device=None, source: dict | None = None) -> tuple[History, float]:
-    "Train `cap.model` (every process of a `torchrun`): checkpoints in `out/checkpoint`, the best by CIDEr in `out/best`."
+    "Train `cap.model` (in every process of a `torchrun`): checkpoints in `out/checkpoint`, the best in `out/best`."
     run = _start(cap, train_ds, cfg, Path(out), get_device(device), source or {})
     if resume and (ck := _checkpoint_dir(run.out)) is not None: _resume(run, ck)
     elif is_main_process():   # a fresh run: no best model of an earlier one
@@ -573,7 +579,7 @@ SHAPES_DEFAULT = dict(n_train=6000, n_val=300, n_test=300)
 def _source(data, flickr8k, shapes: bool, karpathy, images, *, limit, seed: int, model, shapes_kw) -> dict:
     "What a run trains on, as its checkpoint records it (`--resume` checks it); `shapes` the generator's arguments."
     shapes_kw = {**SHAPES_DEFAULT, **(shapes_kw or {})} if shapes else {}
-    if limit: shapes_kw = {k: min(v, limit) if k.startswith('n_') else v for k, v in shapes_kw.items()}   # generate only those
+    if limit: shapes_kw = {k: min(v, limit) if k.startswith('n_') else v for k, v in shapes_kw.items()}   # only those
     text = lambda x: str(x) if x else None
     return {'data': text(data), 'flickr8k': text(flickr8k), 'karpathy': text(karpathy), 'images': text(images),
             'shapes': shapes_kw or None, 'limit': limit, 'seed': seed, 'model': str(model)}
@@ -602,15 +608,16 @@ def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: His
 @kept_global_rng()
 def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, *, model: str = 'tiny',
           out: str | Path = 'runs/caption', epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
-          resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto', freeze_encoder: bool = False,
-          early_stop: int | None = None, limit: int | None = None, device=None, shapes_kw: dict | None = None,
-          generation=None, allow_outside: bool = False, quiet: bool = False) -> dict | None:
+          resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto',
+          freeze_encoder: bool = False, early_stop: int | None = None, limit: int | None = None, device=None,
+          shapes_kw: dict | None = None, generation=None, allow_outside: bool = False, quiet: bool = False) -> dict | None:
     "Train or fine-tune on one data source, then caption the test split with the best model, all into `out`; see below."
     out, device = Path(out), get_device(device)
     with claim_output(out, probe_bytes=4096):   # the room a run needs: `_check_space`, once the model is known
         init_distributed(device)
         seed_everything(seed)
-        source = _source(data, flickr8k, shapes, karpathy, images, limit=limit, seed=seed, model=model, shapes_kw=shapes_kw)
+        source = _source(data, flickr8k, shapes, karpathy, images, limit=limit, seed=seed, model=model,
+                         shapes_kw=shapes_kw)
         given = TrainConfig(epochs, batch_size, lr, accum=accum, amp=amp, freeze_encoder=freeze_encoder,
                             early_stop=early_stop, seed=seed)
         ck = _checkpoint_dir(out) if resume else None
@@ -622,7 +629,8 @@ def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=
         cap.model.generation_config = decoding(cap.model, generation)   # the run's decoding, saved with the model
         _check_space(out, cap)
         cfg, dss = given.for_model(cap.tiny), _datasets(splits, cap, seed)
-        hist, seconds = fit(cap, dss['train'], dss['val'], out, cfg, resume=ck is not None, device=device, source=source)
+        hist, seconds = fit(cap, dss['train'], dss['val'], out, cfg, resume=ck is not None, device=device,
+                            source=source)
         barrier()   # the main process has written best/
         if best := written_folder(out/'best', 'config.json'): cap = load_captioner(best)
         t0 = time.time()
@@ -656,7 +664,8 @@ def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, 
     metrics, samples = score_dataset(cap, ds, generation=generation, device=device)
     if not is_main_process(): return None
     metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split, train_seconds=round(trained, 1),
-                   eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d), world_size=world_size())
+                   eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d),
+                   world_size=world_size())
     out = Path(out) if out else model
     _write_outputs(out, ds, samples, None, metrics)
     return metrics

@@ -142,7 +142,7 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
 # %% ../nbs/00_core.ipynb #32ec9636
 @contextmanager
 def atomic_folder(path: str | Path):
-    "A temporary path beside folder `path` to write a folder at; on success it replaces `path` (the old one kept till then)."
+    "A temporary path beside folder `path` to write a folder at; on success it replaces `path`."
     path = Path(path)
     tmp, old = path.with_name(f'.{path.name}.tmp'), path.with_name(f'.{path.name}.old')
     shutil.rmtree(tmp, ignore_errors=True)
@@ -156,7 +156,7 @@ def atomic_folder(path: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 def written_folder(path: str | Path, marker: str) -> Path | None:
-    "The folder `atomic_folder` left: `path`, else its old copy (killed between the renames); None if neither has `marker`."
+    "The folder `atomic_folder` left: `path`, else its old copy (a kill between the renames), holding `marker`."
     path = Path(path)
     return next((d for d in (path, path.with_name(f'.{path.name}.old')) if (d/marker).is_file()), None)
 
