@@ -174,13 +174,13 @@ def seed_generate(model, items, processor, tokenizer, device):
 def capseg_generate(model, items, processor, tokenizer, a, device, amp):
     cap, tf = C.Captioner(model, tokenizer, processor, 'bench', False), C.ImageTransform(processor)
     pixels = torch.stack([tf(it.load()) for it in items])
-    C.generate_captions(cap, pixels[:1], max_new_tokens=2, device=device, amp=amp)   # warm-up
+    C.generate_captions(cap, pixels[:1], generation=C.generation_config(max_new_tokens=2), device=device, amp=amp)   # warm-up
     tokens, generate = [], model.generate
     def counted(*args, **kw):
         ids = generate(*args, **kw); tokens.append(ids.shape[1] - 1); return ids
     model.generate = counted
     wall, cpu = time.perf_counter(), time.process_time()
-    C.generate_captions(cap, pixels, batch_size=a.gen_batch, num_beams=5, max_new_tokens=30, device=device, amp=amp)
+    C.generate_captions(cap, pixels, batch_size=a.gen_batch, generation=C.generation_config(), device=device, amp=amp)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {'images_per_s': len(items) / wall, 'cpu_seconds_per_image': cpu / len(items), 'batch': a.gen_batch,
             'amp': C.resolve_amp(device, amp, C.n_params(model)), 'mean_new_tokens': float(np.mean(tokens))}

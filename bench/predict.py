@@ -171,20 +171,21 @@ def segment_loop(model: Path, files: list[Path], out: Path) -> dict:
 
 
 def caption_loop(cap, files: list[Path]) -> dict:
-    from capseg.caption import ImageTransform, generate_captions
+    from capseg.caption import ImageTransform, generate_captions, generation_config
     from capseg.caption_data import load_image
     tf = ImageTransform(cap.processor)
     before, t = load(), time.perf_counter()
-    for f in files: generate_captions(cap, tf(load_image(f))[None], batch_size=1, device='cpu', bar=False)
+    for f in files: generate_captions(cap, tf(load_image(f))[None], batch_size=1, generation=generation_config(), device='cpu',
+                                      bar=False)
     seconds = time.perf_counter() - t
     return {'images': len(files), 'seconds': round(seconds, 3), 'images_per_s': round(len(files) / seconds, 3),
             'load_before': before}
 
 
 def caption_folder_in_process(cap, folder: Path, out: Path, batch_size: int) -> dict:
-    from capseg.caption import predict
+    from capseg.caption import generation_config, predict
     shutil.rmtree(out, ignore_errors=True)
-    preds = predict(cap, [folder], out=out, device='cpu', batch_size=batch_size)
+    preds = predict(cap, [folder], out=out, device='cpu', batch_size=batch_size, generation=generation_config())
     before, t = load(), time.perf_counter()
     n = sum(1 for _ in preds)
     seconds = time.perf_counter() - t

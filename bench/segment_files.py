@@ -4,7 +4,7 @@ Writes 16-bit TIFF folders of noisy-shapes mosaics, then runs `capseg segment tr
 of its own for each and records its peak RSS and wall time: 8 and 80 frames of 1024² (memory must not grow with the
 number of frames), and 64 frames of 4096² (2 GiB of TIFFs: under 3 GB RSS). Writes bench/results/segment_files.json.
 Usage: python bench/segment_files.py [--quick] (--quick: 2 and 20 frames of 512², 8 of 2048²)."""
-import argparse, json, os, platform, resource, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, platform, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np

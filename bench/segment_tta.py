@@ -5,7 +5,7 @@ network as it is, the mean probability over the 2 horizontal flips, and over the
 (the augmentation it was trained with), beside inference speed. Tuning draws: data seeds 0 and 10 (--tune); reported
 draws: 100–102 (the sweep's). Writes bench/results/segment_tta.json (resumable: each result as it arrives).
 Usage: python bench/segment_tta.py [--tune] [--noise 0.5 1.0] [--seeds 100 101 102]"""
-import argparse, json, os, tempfile, time
+import argparse, json, tempfile, time
 from pathlib import Path
 
 import torch

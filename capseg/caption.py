@@ -6,10 +6,10 @@ Docs: https://capseg.github.io/capseg/caption.html.md"""
 
 # %% ../nbs/10_caption.ipynb #2d7caf89
 from __future__ import annotations
-import copy, math, pickle, re, shutil, sys, tempfile, time, warnings
+import copy, math, pickle, re, shutil, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +18,19 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from .core import (CapsegError, History, barrier, gather_objects, get_device, init_distributed, is_main_process, load_json,
-                   progress, rank, save_json, seed_everything, world_size)
-from .core import kept_global_rng, quiet_when_asked, say
+from .core import (CapsegError, History, barrier, gather_objects, get_device, init_distributed, is_main_process,
+                         load_json, progress, rank, save_json, seed_everything, world_size)
+from .core import (atomic_folder, claim_output, eval_mode, first_line, kept_global_rng, quiet_when_asked, say,
+                         warn, written_folder)
 from .caption_data import CaptionItem, clean_caption, load_caption_data, load_image
 from .metrics import caption_metrics
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'GENERATION', 'SHAPES_DEFAULT', 'ACCEPTED', 'train_tokenizer', 'set_special_ids', 'tiny_processor',
-           'tiny_model', 'Captioner', 'load_captioner', 'ImageTransform', 'CaptionDataset', 'collate_captions',
-           'n_params', 'resolve_amp', 'amp_context', 'TrainConfig', 'make_optimizer', 'batch_loss', 'optimizer_step',
-           'save_checkpoint', 'epoch_batches', 'fit', 'generate_captions', 'score_dataset', 'train', 'evaluate',
-           'predict']
+__all__ = ['SPECIAL_TOKENS', 'SHAPES_DEFAULT', 'ACCEPTED', 'train_tokenizer', 'set_special_ids', 'tiny_processor', 'tiny_model',
+           'generation_config', 'decoding', 'Captioner', 'load_captioner', 'ImageTransform', 'CaptionDataset',
+           'collate_captions', 'n_params', 'resolve_amp', 'amp_context', 'TrainConfig', 'make_optimizer', 'batch_loss',
+           'optimizer_step', 'make_schedule', 'save_checkpoint', 'epoch_batches', 'fit', 'generate_captions',
+           'score_dataset', 'train', 'evaluate', 'predict']
 
 # %% ../nbs/10_caption.ipynb #248842e8
 SPECIAL_TOKENS = ['[PAD]', '[BOS]', '[EOS]', '[UNK]']
@@ -61,7 +62,7 @@ def tiny_processor(image_size: int = 48):
     from transformers import ViTImageProcessor
     return ViTImageProcessor(size={'height': image_size, 'width': image_size}, image_mean=[.5] * 3, image_std=[.5] * 3)
 
-def tiny_model(tokenizer, image_size: int = 48, patch_size: int = 16, hidden_size: int = 128, encoder_layers: int = 3,
+def tiny_model(tokenizer, *, image_size: int = 48, patch_size: int = 16, hidden_size: int = 128, encoder_layers: int = 3,
                decoder_layers: int = 3, heads: int = 4, max_positions: int = 64, dropout: float = 0.0):
     "A small ViT + small GPT-2 (with cross-attention) `VisionEncoderDecoderModel`, built from configs (about 1.5M parameters)."
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
@@ -74,9 +75,28 @@ def tiny_model(tokenizer, image_size: int = 48, patch_size: int = 16, hidden_siz
     model = VisionEncoderDecoderModel(config=VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
     return set_special_ids(model, tokenizer)
 
-# %% ../nbs/10_caption.ipynb #8c360aeb
-GENERATION = dict(num_beams=5, max_new_tokens=30, no_repeat_ngram_size=3, early_stopping=True)   # `generate_captions`' defaults
+# %% ../nbs/10_caption.ipynb #5695ef85
+def _changed(gen, changes: dict):
+    "A copy of generation config `gen` with `changes`; `early_stopping`, a beam-search flag, off without beams."
+    fields = dict(changes)
+    if (fields.get('num_beams', gen.num_beams) or 1) == 1: fields['early_stopping'] = False
+    gen = copy.deepcopy(gen)
+    gen.update(**fields)
+    return gen
 
+def generation_config(**changes):
+    "capseg's decoding (5 beams, at most 30 new tokens, no repeated trigram) as a `GenerationConfig`, with `changes`."
+    from transformers import GenerationConfig
+    capseg = GenerationConfig(num_beams=5, max_new_tokens=30, no_repeat_ngram_size=3, early_stopping=True)
+    return _changed(capseg, changes)
+
+def decoding(model, generation=None):
+    "`model`'s own generation config with the fields `generation` sets (a dict or a `GenerationConfig`; None: none)."
+    if generation is None or isinstance(generation, dict): changes = generation or {}
+    else: changes = {k: v for k, v in generation.to_diff_dict().items() if k != 'transformers_version'}
+    return _changed(model.generation_config, changes)
+
+# %% ../nbs/10_caption.ipynb #8c360aeb
 @dataclass
 class Captioner:
     "A model with its tokenizer and image processor; `tiny` when it is capseg's tiny model (its training defaults differ)."
@@ -87,14 +107,12 @@ class Captioner:
     tiny: bool = True
 
     def save(self, path: str | Path):
-        "`save_pretrained` the model, and the tokenizer and image processor as one processor, into `path`: a folder for `load_captioner`, `from_pretrained` and `transformers.pipeline`."
+        "`save_pretrained` model (with its generation config), tokenizer and image processor into folder `path`."
         from transformers import VisionTextDualEncoderProcessor
-        gen, tok = copy.deepcopy(self.model.generation_config), copy.deepcopy(self.tokenizer)
-        gen.update(**GENERATION)   # the folder's default decoding is capseg's
+        tok = copy.deepcopy(self.tokenizer)
         tok.add_bos_token = True   # a text prompt ('' for a plain caption) starts with BOS, the decoder start
         with _hf_quiet():
-            self.model.save_pretrained(path)
-            gen.save_pretrained(path)
+            self.model.save_pretrained(path)   # generation_config.json: the model's decoding
             self.processor.save_pretrained(path)   # preprocessor_config.json, for readers that look for the image processor alone
             VisionTextDualEncoderProcessor(image_processor=self.processor, tokenizer=tok).save_pretrained(path)
 
@@ -108,17 +126,10 @@ def _hf_quiet():
     finally:
         if was: hf_logging.enable_progress_bar()
 
-def _first_line(e: BaseException, n: int = 160) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:n]
-
-def _written(final: Path, marker: str = 'config.json') -> Path | None:
-    "A folder as `_write_folder` leaves it: `final`, or its `.old` copy alone when killed between the two renames."
-    return next((d for d in (final, final.with_name(f'.{final.name}.old')) if (d/marker).is_file()), None)
-
+# %% ../nbs/10_caption.ipynb #51c50762
 def _model_dir(path: Path) -> Path:
     "The model of a `train --out` folder: `best/` (by validation CIDEr), else `checkpoint/`; any other folder itself."
-    return _written(path/'best') or _written(path/'checkpoint') or path
+    return written_folder(path/'best', 'config.json') or written_folder(path/'checkpoint', 'config.json') or path
 
 def _from_pretrained(where):
     from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
@@ -126,30 +137,40 @@ def _from_pretrained(where):
         model = VisionEncoderDecoderModel.from_pretrained(where)
         return model, AutoTokenizer.from_pretrained(where), AutoImageProcessor.from_pretrained(where)
 
+def _capsegs(model, tok):
+    "A model from elsewhere, made ready: capseg's special tokens and decoding."
+    model = set_special_ids(model, tok)
+    model.generation_config = decoding(model, generation_config())
+    return model
+
+def _load_folder(path: Path) -> Captioner:
+    d = _model_dir(path)
+    if not (d/'config.json').is_file():
+        raise CapsegError(f'{path}: not a model folder (no config.json from save_pretrained)')
+    try: model, tok, proc = _from_pretrained(d)
+    except pickle.UnpicklingError:   # a pytorch_model.bin (read with weights_only=True) that holds more than tensors
+        raise CapsegError(f'{d}: refused to load the model: its weights file holds Python objects') from None
+    except (OSError, ValueError, KeyError) as e:
+        raise CapsegError(f'{d}: cannot load the model ({first_line(e, 160)})') from None
+    if not (d/'capseg.json').is_file(): return Captioner(_capsegs(model, tok), tok, proc, str(d), False)
+    return Captioner(set_special_ids(model, tok), tok, proc, str(d), bool(load_json(d/'capseg.json').get('tiny')))
+
 def load_captioner(name: str | Path = 'tiny', train_captions=None) -> Captioner:
     "'tiny' (its tokenizer trained on `train_captions`), a `save_pretrained` (or `train --out`) folder, or a hub name."
     name = str(name)
     if name == 'tiny':
         if not train_captions: raise CapsegError('the tiny model needs training captions for its tokenizer')
         tok = train_tokenizer(train_captions)
-        return Captioner(tiny_model(tok), tok, tiny_processor(), 'tiny', True)
+        return Captioner(_capsegs(tiny_model(tok), tok), tok, tiny_processor(), 'tiny', True)
     path = Path(name).expanduser()
-    if path.is_dir():
-        d = _model_dir(path)
-        if not (d/'config.json').is_file(): raise CapsegError(f'{path}: not a model folder (no config.json from save_pretrained)')
-        try: model, tok, proc = _from_pretrained(d)
-        except pickle.UnpicklingError:   # a pytorch_model.bin (read with weights_only=True) that holds more than tensors
-            raise CapsegError(f'{d}: refused to load the model: its weights file holds Python objects') from None
-        except (OSError, ValueError, KeyError) as e: raise CapsegError(f'{d}: cannot load the model ({_first_line(e)})') from None
-        tiny = (d/'capseg.json').is_file() and bool(load_json(d/'capseg.json').get('tiny'))
-        return Captioner(set_special_ids(model, tok), tok, proc, str(d), tiny)
+    if path.is_dir(): return _load_folder(path)
     if path.exists() or name.startswith(('.', '/', '~')) or name.count('/') > 1:
         raise CapsegError(f'--model {name}: no such model folder')
     try: model, tok, proc = _from_pretrained(name)
     except Exception as e:   # offline, unknown or gated repo...: mostly OSError, but the hub client raises others too
         raise CapsegError(f"--model {name}: not a local folder, and loading it from the Hugging Face hub failed "
-                          f"({_first_line(e)}). Offline? Use --model tiny or a save_pretrained folder") from None
-    return Captioner(set_special_ids(model, tok), tok, proc, name, False)
+                          f"({first_line(e, 160)}). Offline? Use --model tiny or a save_pretrained folder") from None
+    return Captioner(_capsegs(model, tok), tok, proc, name, False)
 
 # %% ../nbs/10_caption.ipynb #26bd3ab3
 class ImageTransform:
@@ -177,7 +198,7 @@ class ImageTransform:
 # %% ../nbs/10_caption.ipynb #49c155e4
 class CaptionDataset(Dataset):
     "Images as uint8 tensors, loaded once (unreadable ones skipped and counted); one reference caption per image, redrawn each epoch."
-    def __init__(self, items: list[CaptionItem], transform: ImageTransform, tokenizer, max_tokens: int = 40,
+    def __init__(self, items: list[CaptionItem], transform: ImageTransform, tokenizer, *, max_tokens: int = 40,
                  seed: int = 0, desc: str = 'images', workers: int = 4):
         def load(it):
             try: return transform(it.load())
@@ -185,9 +206,9 @@ class CaptionDataset(Dataset):
         with ThreadPoolExecutor(workers) as ex:
             loaded = list(progress(ex.map(load, items), total=len(items), desc=f'loading {desc}'))
         self.skipped = [r for r in loaded if isinstance(r, str)]
-        if self.skipped and is_main_process():
-            print(f'capseg: warning: {desc}: skipped {len(self.skipped)} of {len(items)} images that could not be read, '
-                  f'e.g. {self.skipped[0]}', file=sys.stderr, flush=True)
+        if self.skipped:
+            warn(f'{desc}: skipped {len(self.skipped)} of {len(items)} images that could not be read, '
+                 f'e.g. {self.skipped[0]}')
         keep = [i for i, r in enumerate(loaded) if not isinstance(r, str)]
         self.items = [items[i] for i in keep]
         self.pixels = torch.stack([loaded[i] for i in keep]) if keep else torch.zeros(0, 3, *transform.size, dtype=torch.uint8)
@@ -245,6 +266,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    _: KW_ONLY
     weight_decay: float = 0.01
     warmup: float = 0.05            # share of the optimiser steps spent warming up; then cosine decay to 0
     accum: int = 1                  # gradient accumulation steps
@@ -283,11 +305,10 @@ def optimizer_step(opt, params, scaler=None, clip: float = 1.0) -> bool:
     opt.zero_grad(set_to_none=True)
     return ok
 
-def _lr_lambda(total: int, warmup: int):
-    def f(step):
-        if step < warmup: return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
+def make_schedule(opt, steps: int, warmup: float = 0.05):
+    "transformers' linear warm-up over a `warmup` share of the `steps` (at least one), then cosine decay to 0."
+    from transformers import get_cosine_schedule_with_warmup
+    return get_cosine_schedule_with_warmup(opt, max(1, int(warmup * steps)), steps)
 
 # %% ../nbs/10_caption.ipynb #5a259393
 @contextmanager
@@ -296,7 +317,7 @@ def _writing(path: Path):
     try: yield
     except CapsegError: raise
     except Exception as e:
-        raise CapsegError(f'cannot write {path} ({_first_line(e)}; {_free_mb(path):.1f} MB free on its disk)') from e
+        raise CapsegError(f'cannot write {path} ({first_line(e, 160)}; {_free_mb(path):.1f} MB free on its disk)') from e
 
 def _free_mb(path: Path) -> float:
     "The free space on the disk that holds `path` (or its nearest existing folder), in MB."
@@ -304,26 +325,17 @@ def _free_mb(path: Path) -> float:
 
 def _write_folder(cap: Captioner, final: Path, info: dict, state: dict | None = None):
     "`cap.save` + `capseg.json` + `trainer_state.pt` (`state`) into `final` atomically; a failed write leaves no `.tmp`."
-    tmp, old = final.with_name(f'.{final.name}.tmp'), final.with_name(f'.{final.name}.old')
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with _writing(final):
-            cap.save(tmp)
-            save_json(info, tmp/'capseg.json')
-            if state is not None: torch.save(state, tmp/'trainer_state.pt')
-            if final.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                final.rename(old)
-            tmp.rename(final)
-    finally: shutil.rmtree(tmp, ignore_errors=True)   # what a failed or interrupted write left (gone after the rename)
-    shutil.rmtree(old, ignore_errors=True)
+    with _writing(final), atomic_folder(final) as tmp:
+        cap.save(tmp)
+        save_json(info, tmp/'capseg.json')
+        if state is not None: torch.save(state, tmp/'trainer_state.pt')
 
 def save_checkpoint(cap: Captioner, state: dict, out: Path):
     "Write the model, tokenizer, processor, trainer state and data source to `out/checkpoint`, atomically (a folder, then renames)."
     _write_folder(cap, out/'checkpoint', {**state.get('source', {}), 'tiny': cap.tiny}, state)
 
 def _checkpoint_dir(out: Path) -> Path | None:
-    return _written(out/'checkpoint', 'trainer_state.pt')
+    return written_folder(out/'checkpoint', 'trainer_state.pt')
 
 def _load_state(d: Path) -> dict:
     "`d/trainer_state.pt` read as data (`weights_only`): anything beyond tensors and plain containers is refused, unrun."
@@ -337,7 +349,7 @@ def _load_state(d: Path) -> dict:
         call = found[1] if found else 'Python code'
         raise CapsegError(f'{path}: refused to load: it would call {call} (capseg reads only tensors and plain '
                           'containers from a trainer state)') from None
-    except Exception as e: raise CapsegError(f'{path}: not a readable trainer state ({_first_line(e)})') from None
+    except Exception as e: raise CapsegError(f'{path}: not a readable trainer state ({first_line(e, 160)})') from None
     if not (isinstance(state, dict) and isinstance(state.get('config'), dict) and 'optimizer' in state):
         raise CapsegError(f'{path}: not a capseg trainer state')
     return state
@@ -350,13 +362,36 @@ def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     order = torch.cat([order, order[:(-n) % ws]])   # as many images for every process (fewer than ws seen twice)
     return [b.view(ws, -1)[rank()].tolist() for b in order.split(batch_size * ws)]
 
-def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None, out: str | Path, cfg: TrainConfig,
-        resume: bool = False, device=None, source: dict | None = None, generate_kw: dict | None = None) -> tuple[History, float]:
-    "Train `cap.model` (in every process of a `torchrun`), checkpointing each epoch to `out/checkpoint` and the model with the best validation CIDEr to `out/best`; returns (history, training seconds)."
-    out, device = Path(out), get_device(device)
+# %% ../nbs/10_caption.ipynb #edd0bbd5
+@dataclass(kw_only=True)
+class _Run:
+    "What `fit`'s steps share: the model and its optimiser, where the run writes, and how far it got."
+    cap: Captioner
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    net: torch.nn.Module            # `cap.model`, in DDP under torchrun
+    params: list                    # the trained parameters
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    autocast: object
+    scaler: torch.amp.GradScaler | None
+    collate: object
+    batches: int                    # per process and epoch
+    source: dict = field(default_factory=dict)
+    hist: History = field(default_factory=History)
+    epoch: int = 0                  # epochs done
+    seconds: float = 0.0
+    best: dict = field(default_factory=lambda: {'epoch': 0, 'cider': -math.inf})
+    nonfinite: int = 0              # optimiser steps skipped in the last epoch
+
+    @property
+    def steps(self) -> int: return math.ceil(self.batches / self.cfg.accum)   # optimiser steps per epoch
+
+def _start(cap: Captioner, train_ds: CaptionDataset, cfg: TrainConfig, out: Path, device, source: dict) -> _Run:
+    "The run's model (in DDP under torchrun), optimiser, schedule and precision, before its first epoch."
     ddp = init_distributed(device)
     model, tf = cap.model.to(device), ImageTransform(cap.processor)
-    collate = lambda b: collate_captions(b, tf, cap.tokenizer.eos_token_id)
     for p in model.encoder.parameters(): p.requires_grad_(not cfg.freeze_encoder)
     params = [p for p in model.parameters() if p.requires_grad]
     # DDP averages the gradients over the processes during backward; a trained encoder has parameters that get none
@@ -364,81 +399,112 @@ def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None,
     net = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None,
                                   find_unused_parameters=not cfg.freeze_encoder) if ddp else model
     opt = make_optimizer(params, cfg.lr, cfg.weight_decay, device)
-    batches = math.ceil(math.ceil(len(train_ds) / world_size()) / cfg.batch_size)   # per process and epoch
-    steps = math.ceil(batches / cfg.accum)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * cfg.epochs, max(1, int(cfg.warmup * steps * cfg.epochs))))
+    batches = math.ceil(math.ceil(len(train_ds) / world_size()) / cfg.batch_size)
+    sched = make_schedule(opt, math.ceil(batches / cfg.accum) * cfg.epochs, cfg.warmup)
     autocast, scaler = amp_context(device, cfg.amp, n_params(model))
-    validate = val_ds is not None and len(val_ds) > 0
-    hist, start, seconds, best = History(), 0, 0.0, {'epoch': 0, 'cider': -math.inf}
-    if resume and (ck := _checkpoint_dir(out)) is not None:
-        st = _load_state(ck)
-        opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
-        if scaler is not None and st.get('scaler'): scaler.load_state_dict(st['scaler'])
-        hist, start, seconds, best = History(st['history']), st['epoch'], st['train_seconds'], st.get('best', best)
-        hist.truncate(start)
-        if is_main_process():
-            print(f'capseg: resuming {out} after epoch {start}', file=sys.stderr, flush=True)
-            if st.get('world_size', 1) != world_size():
-                print(f'capseg: warning: resuming with {world_size()} processes a run started with {st.get("world_size", 1)}: '
-                      'the global batch and data order change', file=sys.stderr, flush=True)
+    return _Run(cap=cap, cfg=cfg, out=out, device=device, net=net, params=params, opt=opt, sched=sched,
+                autocast=autocast, scaler=scaler, collate=lambda b: collate_captions(b, tf, cap.tokenizer.eos_token_id),
+                batches=batches, source=source)
+
+# %% ../nbs/10_caption.ipynb #b8813a78
+def _resume(run: _Run, ck: Path):
+    "Continue after the checkpoint's epoch: its optimiser, schedule, scaler, history, time and best epoch."
+    st = _load_state(ck)
+    run.opt.load_state_dict(st['optimizer']); run.sched.load_state_dict(st['scheduler'])
+    if run.scaler is not None and st.get('scaler'): run.scaler.load_state_dict(st['scaler'])
+    run.hist, run.epoch, run.seconds = History(st['history']), st['epoch'], st['train_seconds']
+    run.best = st.get('best', run.best)
+    run.hist.truncate(run.epoch)
+    say(f'resuming {run.out} after epoch {run.epoch}')
+    if st.get('world_size', 1) != world_size():
+        warn(f'resuming with {world_size()} processes a run started with {st.get("world_size", 1)}: '
+             'the global batch and data order change')
+
+def _train_epoch(run: _Run, ds: CaptionDataset, epoch: int) -> list[float]:
+    "One epoch of `ds` (a step every `accum` batches); every process's finite batch losses, or a one-line divergence."
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed * 1000 + epoch + 10**6 * rank())   # dropout: a resumed run repeats the epoch
+    ds.set_epoch(epoch)
+    run.net.train()
+    losses, run.nonfinite = [], 0
+    order = epoch_batches(len(ds), cfg.batch_size, cfg.seed * 1000 + epoch)
+    bar = progress(DataLoader(ds, batch_sampler=order, collate_fn=run.collate), desc=f'epoch {epoch + 1}/{cfg.epochs}')
+    for i, batch in enumerate(bar):
+        stepping = (i + 1) % cfg.accum == 0 or i + 1 == run.batches
+        if isinstance(run.net, DistributedDataParallel):   # average the gradients only before a step
+            run.net.require_backward_grad_sync = stepping
+        loss = batch_loss(run.net, batch, run.device, run.autocast)
+        # a non-finite loss goes backward too (every process must take part in the averaging): its gradients are
+        # not finite then, in every process, and optimizer_step skips the step everywhere
+        (run.scaler.scale(loss / cfg.accum) if run.scaler else loss / cfg.accum).backward()
+        losses.append(loss.item())
+        if stepping:
+            run.nonfinite += not optimizer_step(run.opt, run.params, run.scaler, cfg.clip)
+            run.sched.step()
+        bar.set_postfix(loss=f'{np.mean(losses[-20:]):.3f}')
+    losses = [x for xs in gather_objects(losses) for x in xs]   # every process's batches
+    finite = [x for x in losses if math.isfinite(x)]
+    if run.nonfinite > run.steps // 2 or not finite:
+        raise CapsegError(f'training diverged in epoch {epoch + 1}: {len(losses) - len(finite)} of {len(losses)} '
+                          f'batch losses and {run.nonfinite} of {run.steps} optimiser steps not finite; '
+                          'try a lower learning rate')
+    return finite
+
+# %% ../nbs/10_caption.ipynb #6a6d9042
+@torch.no_grad()
+def _val_losses(run: _Run, ds: CaptionDataset) -> list[float]:
+    "Every validation batch's loss; the batches shared out among the processes."
+    size, ws = run.cfg.batch_size, world_size()
+    mine = [list(range(i, min(i + size, len(ds)))) for i in range(rank() * size, len(ds), ws * size)]
+    with eval_mode(run.cap.model) as model:
+        losses = [batch_loss(model, b, run.device, run.autocast).item()
+                  for b in DataLoader(ds, batch_sampler=mine, collate_fn=run.collate)]
+    return [x for xs in gather_objects(losses) for x in xs]
+
+def _trainer_state(run: _Run) -> dict:
+    "What `--resume` and `eval` read back from `trainer_state.pt`: tensors and plain data only."
+    return {'optimizer': run.opt.state_dict(), 'scheduler': run.sched.state_dict(),
+            'scaler': run.scaler.state_dict() if run.scaler else None, 'epoch': run.epoch,
+            'history': run.hist.to_dict(), 'train_seconds': run.seconds, 'nonfinite': run.nonfinite, 'best': run.best, 'world_size': world_size(),
+            'config': vars(run.cfg), 'source': run.source}
+
+def _end_epoch(run: _Run, epoch: int, finite: list[float], val: dict, t0: float):
+    "Log the epoch; in the main process keep the best model and write the checkpoint; print the epoch's line."
+    run.hist.log(train__loss=finite, **val)
+    improved = bool(val) and val['val__cider'] > run.best['cider']
+    if improved: run.best = {'epoch': epoch + 1, 'cider': val['val__cider']}
+    run.epoch = epoch + 1
+    if is_main_process():
+        info = {**run.source, 'tiny': run.cap.tiny}
+        if improved:   # before the checkpoint that counts on it
+            _write_folder(run.cap, run.out/'best', {**info, 'epoch': run.epoch, 'val_cider': run.best['cider']})
+        save_checkpoint(run.cap, _trainer_state(run), run.out)
+    say(f'epoch {run.epoch}/{run.cfg.epochs}: train loss {run.hist.last("train/loss"):.4f}'
+        + (f', val loss {run.hist.last("val/loss"):.4f}, val CIDEr {val["val__cider"]:.3f}' if val else '')
+        + (' (best)' if improved else '') + f' ({time.time() - t0:.0f} s)')
+
+def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None, out: str | Path, cfg: TrainConfig, *,
+        resume: bool = False, device=None, source: dict | None = None) -> tuple[History, float]:
+    "Train `cap.model` (in every process of a `torchrun`): checkpoints in `out/checkpoint`, the best in `out/best`."
+    run = _start(cap, train_ds, cfg, Path(out), get_device(device), source or {})
+    if resume and (ck := _checkpoint_dir(run.out)) is not None: _resume(run, ck)
     elif is_main_process():   # a fresh run: no best model of an earlier one
-        for d in ('best', '.best.old'): shutil.rmtree(out/d, ignore_errors=True)
-    for epoch in range(start, cfg.epochs):
-        if cfg.early_stop and validate and epoch - best['epoch'] >= cfg.early_stop:
-            say(f'early stop after epoch {epoch}: no better validation CIDEr since epoch {best["epoch"]} '
+        for d in ('best', '.best.old'): shutil.rmtree(run.out/d, ignore_errors=True)
+    validate = val_ds is not None and len(val_ds) > 0
+    for epoch in range(run.epoch, cfg.epochs):
+        if cfg.early_stop and validate and epoch - run.best['epoch'] >= cfg.early_stop:
+            say(f'early stop after epoch {epoch}: no better validation CIDEr since epoch {run.best["epoch"]} '
                 f'(early_stop={cfg.early_stop})')
             break
         t0 = time.time()
-        torch.manual_seed(cfg.seed * 1000 + epoch + 10**6 * rank())   # dropout: a resumed run repeats the epoch
-        train_ds.set_epoch(epoch)
-        net.train()
-        losses, bad = [], 0
-        bar = progress(DataLoader(train_ds, batch_sampler=epoch_batches(len(train_ds), cfg.batch_size, cfg.seed * 1000 + epoch),
-                                  collate_fn=collate), desc=f'epoch {epoch + 1}/{cfg.epochs}')
-        for i, batch in enumerate(bar):
-            stepping = (i + 1) % cfg.accum == 0 or i + 1 == batches
-            if ddp: net.require_backward_grad_sync = stepping   # average the gradients only before a step
-            loss = batch_loss(net, batch, device, autocast)
-            # a non-finite loss goes backward too (every process must take part in the averaging): its gradients are
-            # not finite then, in every process, and optimizer_step skips the step everywhere
-            (scaler.scale(loss / cfg.accum) if scaler else loss / cfg.accum).backward()
-            losses.append(loss.item())
-            if stepping:
-                bad += not optimizer_step(opt, params, scaler, cfg.clip)
-                sched.step()
-            bar.set_postfix(loss=f'{np.mean(losses[-20:]):.3f}')
-        losses = [x for xs in gather_objects(losses) for x in xs]   # every process's batches
-        finite = [x for x in losses if math.isfinite(x)]
-        if bad > steps // 2 or not finite:
-            raise CapsegError(f'training diverged in epoch {epoch + 1}: {len(losses) - len(finite)} of {len(losses)} batch '
-                              f'losses and {bad} of {steps} optimiser steps not finite; try a lower learning rate')
-        seconds += time.time() - t0
+        finite = _train_epoch(run, train_ds, epoch)
+        run.seconds += time.time() - t0
         val = {}
         if validate:
-            val['val__loss'] = _val_losses(model, val_ds, collate, cfg.batch_size, device, autocast)
-            val['val__cider'] = score_dataset(cap, val_ds, device=device, meteor=False, **(generate_kw or {}))[0]['cider']
-        hist.log(train__loss=finite, **val)
-        improved = validate and val['val__cider'] > best['cider']
-        if improved: best = {'epoch': epoch + 1, 'cider': val['val__cider']}
-        if is_main_process():
-            info = {**(source or {}), 'tiny': cap.tiny}
-            if improved: _write_folder(cap, out/'best', {**info, 'epoch': epoch + 1, 'val_cider': best['cider']})   # before the checkpoint that counts on it
-            save_checkpoint(cap, {'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
-                                  'scaler': scaler.state_dict() if scaler else None, 'epoch': epoch + 1,
-                                  'history': hist.to_dict(), 'train_seconds': seconds, 'nonfinite': bad, 'best': best,
-                                  'world_size': world_size(), 'config': vars(cfg), 'source': source or {}}, out)
-            say(f'epoch {epoch + 1}/{cfg.epochs}: train loss {hist.last("train/loss"):.4f}'
-                + (f', val loss {hist.last("val/loss"):.4f}, val CIDEr {val["val__cider"]:.3f}' if val else '')
-                + (' (best)' if improved else '') + f' ({time.time() - t0:.0f} s)')
-    return hist, seconds
-
-@torch.no_grad()
-def _val_losses(model, ds: CaptionDataset, collate, batch_size: int, device, autocast) -> list[float]:
-    "Every validation batch's loss; the batches shared out among the processes."
-    model.eval()
-    mine = [list(range(i, min(i + batch_size, len(ds)))) for i in range(rank() * batch_size, len(ds), world_size() * batch_size)]
-    losses = [batch_loss(model, b, device, autocast).item() for b in DataLoader(ds, batch_sampler=mine, collate_fn=collate)]
-    return [x for xs in gather_objects(losses) for x in xs]
+            val = {'val__loss': _val_losses(run, val_ds),
+                   'val__cider': score_dataset(cap, val_ds, device=run.device, meteor=False)[0]['cider']}
+        _end_epoch(run, epoch, finite, val, t0)
+    return run.hist, run.seconds
 
 # %% ../nbs/10_caption.ipynb #684f12da
 def _beam_cache(model) -> dict:
@@ -454,30 +520,28 @@ def _beam_cache(model) -> dict:
     return {name: SelfReorderingCache(DynamicCache(), DynamicCache())}
 
 @torch.no_grad()
-def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64, num_beams: int = 5,
-                      max_new_tokens: int = 30, no_repeat_ngram_size: int = 3, device=None, amp: str = 'auto',
-                      bar: bool = True) -> list[str]:
-    "Captions of uint8 images (N×3×H×W at the model's size), generated in batches with beam search (`bar`: a progress bar)."
+def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64, *, generation=None, device=None,
+                      amp: str = 'auto', bar: bool = True) -> list[str]:
+    "Captions of uint8 images (N×3×H×W at the model's size), in batches, decoded as `decoding(cap.model, generation)`."
     device = get_device(device)
-    model, tf = cap.model.to(device).eval(), ImageTransform(cap.processor)
-    autocast, _ = amp_context(device, amp, n_params(model))
-    out = []
-    starts = range(0, len(pixels), batch_size)
-    for i in progress(starts, desc='generating') if bar else starts:
-        with autocast:
-            x = tf.normalize(pixels[i:i + batch_size].to(device))
-            ids = model.generate(pixel_values=x, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                 no_repeat_ngram_size=no_repeat_ngram_size, **_beam_cache(model),
-                                 **({'early_stopping': True} if num_beams > 1 else {}),   # a beam-search flag only
-                                 decoder_attention_mask=torch.ones(len(x), 1, dtype=torch.long, device=device))
-        out += [' '.join(s.split()) for s in cap.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    tf, gen = ImageTransform(cap.processor), decoding(cap.model, generation)
+    autocast, _ = amp_context(device, amp, n_params(cap.model))
+    out, starts = [], range(0, len(pixels), batch_size)
+    with eval_mode(cap.model.to(device)) as model:
+        for i in progress(starts, desc='generating') if bar else starts:
+            with autocast:
+                x = tf.normalize(pixels[i:i + batch_size].to(device))
+                ids = model.generate(pixel_values=x, generation_config=gen, **_beam_cache(model),
+                                     decoder_attention_mask=torch.ones(len(x), 1, dtype=torch.long, device=device))
+            out += [' '.join(s.split()) for s in cap.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return out
 
-def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, meteor: bool | None = None, **generate_kw) -> tuple[dict, list[dict]]:
+def score_dataset(cap: Captioner, ds: CaptionDataset, *, generation=None, device=None,
+                  meteor: bool | None = None) -> tuple[dict, list[dict]]:
     "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process; `meteor=False` (or `CAPSEG_METEOR=0` where `meteor` is None) skips METEOR's Java start (~14 s)."
     init_distributed(get_device(device))
     ws, preds = world_size(), [None] * len(ds)
-    for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], device=device, **generate_kw))):
+    for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], generation=generation, device=device))):
         preds[k::ws] = part   # process k captioned images k, k + ws, k + 2 ws, ...
     refs = [it.captions for it in ds.items]
     objects = [it.objects for it in ds.items] if ds.items and all(it.objects is not None for it in ds.items) else None
@@ -488,16 +552,6 @@ def score_dataset(cap: Captioner, ds: CaptionDataset, device=None, meteor: bool 
 # %% ../nbs/10_caption.ipynb #90bf286e
 _RESUME_FIXED = ('seed', 'accum', 'amp', 'freeze_encoder')                          # the checkpoint's own are used
 _RESUME_SOURCE = ('data', 'flickr8k', 'karpathy', 'images', 'shapes', 'limit', 'model')   # what it was trained on
-
-def _check_out(out: Path):
-    "Make `out` a folder and write a probe file in it: an `--out` that is a file, read-only or full is one line."
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise CapsegError(f'--out {out}: ' + ('a file' if blocker == out else f'{blocker} is a file') + ', not a folder')
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix='.capseg-probe-') as f: f.write(bytes(4096)); f.flush()
-    except OSError as e: raise CapsegError(f'--out {out}: cannot write there ({e.strerror or e})') from None
 
 def _check_space(out: Path, cap: Captioner):
     "One line when `out`'s disk has less room than a checkpoint and `best/` of `cap` take (its weights 4 times)."
@@ -522,6 +576,22 @@ def _resume_config(ck: Path, given: TrainConfig, source: dict) -> TrainConfig:
 # %% ../nbs/10_caption.ipynb #a13b5183
 SHAPES_DEFAULT = dict(n_train=6000, n_val=300, n_test=300)
 
+def _source(data, flickr8k, shapes: bool, karpathy, images, *, limit, seed: int, model, shapes_kw) -> dict:
+    "What a run trains on, as its checkpoint records it (`--resume` checks it); `shapes` the generator's arguments."
+    shapes_kw = {**SHAPES_DEFAULT, **(shapes_kw or {})} if shapes else {}
+    if limit: shapes_kw = {k: min(v, limit) if k.startswith('n_') else v for k, v in shapes_kw.items()}   # only those
+    text = lambda x: str(x) if x else None
+    return {'data': text(data), 'flickr8k': text(flickr8k), 'karpathy': text(karpathy), 'images': text(images),
+            'shapes': shapes_kw or None, 'limit': limit, 'seed': seed, 'model': str(model)}
+
+def _datasets(splits: dict, cap: Captioner, seed: int) -> dict[str, CaptionDataset]:
+    "The three splits as data sets; no readable training or test image is one line."
+    tf = ImageTransform(cap.processor)
+    dss = {s: CaptionDataset(splits[s], tf, cap.tokenizer, seed=seed, desc=s) for s in ('train', 'val', 'test')}
+    if not len(dss['train']): raise CapsegError('no readable training images')
+    if not len(dss['test']): raise CapsegError('no readable test images')
+    return dss
+
 def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: History | None, metrics: dict, n: int = 8):
     from capseg.plot import caption_gallery, plot_curves
     with _writing(out):
@@ -533,56 +603,52 @@ def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: His
                             [s['references'] for s in samples[:k]], path=out/'gallery.png')
         save_json(metrics, out/'metrics.json')
 
+# %% ../nbs/10_caption.ipynb #99aeb601
 @quiet_when_asked
 @kept_global_rng()
-def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, model: str = 'tiny',
+def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, *, model: str = 'tiny',
           out: str | Path = 'runs/caption', epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
-          resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto', freeze_encoder: bool = False,
-          early_stop: int | None = None, limit: int | None = None, device=None, shapes_kw: dict | None = None,
-          num_beams: int = 5, max_new_tokens: int = 30, allow_outside: bool = False, quiet: bool = False) -> dict | None:
-    "Train (tiny) or fine-tune on one data source, then caption the whole test split with the best model; everything goes to `out`. Under `torchrun` every process runs it; the metrics come back in the main one (None elsewhere)."
+          resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto',
+          freeze_encoder: bool = False, early_stop: int | None = None, limit: int | None = None, device=None,
+          shapes_kw: dict | None = None, generation=None, allow_outside: bool = False, quiet: bool = False) -> dict | None:
+    "Train or fine-tune on one data source, then caption the test split with the best model, all into `out`; see below."
     out, device = Path(out), get_device(device)
-    _check_out(out)
-    init_distributed(device)
-    seed_everything(seed)
-    shapes_kw = {**SHAPES_DEFAULT, **(shapes_kw or {})} if shapes else {}
-    if limit: shapes_kw = {k: min(v, limit) if k.startswith('n_') else v for k, v in shapes_kw.items()}   # generate only those
-    source = {'data': str(data) if data else None, 'flickr8k': str(flickr8k) if flickr8k else None,
-              'karpathy': str(karpathy) if karpathy else None, 'images': str(images) if images else None,
-              'shapes': shapes_kw or None, 'limit': limit, 'seed': seed, 'model': str(model)}
-    given = TrainConfig(epochs, batch_size, lr, accum=accum, amp=amp, freeze_encoder=freeze_encoder, early_stop=early_stop, seed=seed)
-    ck = _checkpoint_dir(out) if resume else None
-    if resume and ck is None and is_main_process(): print(f'capseg: {out}: no checkpoint to resume from; starting afresh', file=sys.stderr)
-    if ck: given = _resume_config(ck, given, source)   # what this run does not say comes from the interrupted run
-    splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=seed, limit=limit,
-                               allow_outside=allow_outside, **shapes_kw)
-    cap = load_captioner(ck or model, [c for it in splits['train'] for c in it.captions])
-    _check_space(out, cap)
-    cfg = given.for_model(cap.tiny)
-    tf = ImageTransform(cap.processor)
-    dss = {s: CaptionDataset(splits[s], tf, cap.tokenizer, seed=seed, desc=s) for s in ('train', 'val', 'test')}
-    if not len(dss['train']): raise CapsegError('no readable training images')
-    if not len(dss['test']): raise CapsegError('no readable test images')
-    generate_kw = dict(num_beams=num_beams, max_new_tokens=max_new_tokens)
-    hist, seconds = fit(cap, dss['train'], dss['val'], out, cfg, resume=ck is not None, device=device, source=source,
-                        generate_kw=generate_kw)
-    barrier()   # the main process has written best/
-    if best := _written(out/'best'): cap = load_captioner(best)
-    t0 = time.time()
-    metrics, samples = score_dataset(cap, dss['test'], device=device, **generate_kw)
-    if not is_main_process(): return None
-    metrics.update(n_images=len(dss['test']), skipped_images=sum(len(d.skipped) for d in dss.values()),
-                   skipped_by_split={s: len(d.skipped) for s, d in dss.items()}, train_seconds=round(seconds, 1),
-                   eval_seconds=round(time.time() - t0, 1), epochs=hist.epochs,
-                   best_epoch=load_json(best/'capseg.json')['epoch'] if best else None, world_size=world_size(),
-                   model=str(model), amp=resolve_amp(device, cfg.amp, n_params(cap.model)), history=hist.to_dict())
-    _write_outputs(out, dss['test'], samples, hist, metrics)
-    return metrics
+    with claim_output(out, probe_bytes=4096):   # the room a run needs: `_check_space`, once the model is known
+        init_distributed(device)
+        seed_everything(seed)
+        source = _source(data, flickr8k, shapes, karpathy, images, limit=limit, seed=seed, model=model,
+                         shapes_kw=shapes_kw)
+        given = TrainConfig(epochs, batch_size, lr, accum=accum, amp=amp, freeze_encoder=freeze_encoder,
+                            early_stop=early_stop, seed=seed)
+        ck = _checkpoint_dir(out) if resume else None
+        if resume and ck is None: warn(f'{out}: no checkpoint to resume from; starting afresh')
+        if ck: given = _resume_config(ck, given, source)   # what this run does not say comes from the interrupted run
+        splits = load_caption_data(data, flickr8k, shapes, karpathy, images, seed=seed, limit=limit,
+                                   allow_outside=allow_outside, **(source['shapes'] or {}))
+        cap = load_captioner(ck or model, [c for it in splits['train'] for c in it.captions])
+        cap.model.generation_config = decoding(cap.model, generation)   # the run's decoding, saved with the model
+        _check_space(out, cap)
+        cfg, dss = given.for_model(cap.tiny), _datasets(splits, cap, seed)
+        hist, seconds = fit(cap, dss['train'], dss['val'], out, cfg, resume=ck is not None, device=device,
+                            source=source)
+        barrier()   # the main process has written best/
+        if best := written_folder(out/'best', 'config.json'): cap = load_captioner(best)
+        t0 = time.time()
+        metrics, samples = score_dataset(cap, dss['test'], device=device)
+        if not is_main_process(): return None
+        metrics.update(n_images=len(dss['test']), skipped_images=sum(len(d.skipped) for d in dss.values()),
+                       skipped_by_split={s: len(d.skipped) for s, d in dss.items()}, train_seconds=round(seconds, 1),
+                       eval_seconds=round(time.time() - t0, 1), epochs=hist.epochs,
+                       best_epoch=load_json(best/'capseg.json')['epoch'] if best else None, world_size=world_size(),
+                       model=str(model), amp=resolve_amp(device, cfg.amp, n_params(cap.model)), history=hist.to_dict())
+        _write_outputs(out, dss['test'], samples, hist, metrics)
+        return metrics
 
-def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None,
-             split: str = 'test', out: str | Path | None = None, limit: int | None = None, device=None, num_beams: int = 5,
-             max_new_tokens: int = 30, allow_outside: bool = False) -> dict | None:
-    "The caption metrics of a trained model (its `best/` when it has one) on a whole split, the images shared out among the processes; writes `metrics.json` (the main process; None elsewhere)."
+# %% ../nbs/10_caption.ipynb #b7de72d5
+def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, *,
+             split: str = 'test', out: str | Path | None = None, limit: int | None = None, device=None, generation=None,
+             allow_outside: bool = False) -> dict | None:
+    "The caption metrics of a trained model on a whole split, written to `out/metrics.json` (default: `model`)."
     model = Path(model)
     cap = load_captioner(model)
     d = _model_dir(model)
@@ -595,10 +661,11 @@ def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, 
     ds = CaptionDataset(splits[split], ImageTransform(cap.processor), cap.tokenizer, desc=split)
     if not len(ds): raise CapsegError(f'no readable images in the {split} split')
     t0 = time.time()
-    metrics, samples = score_dataset(cap, ds, device=device, num_beams=num_beams, max_new_tokens=max_new_tokens)
+    metrics, samples = score_dataset(cap, ds, generation=generation, device=device)
     if not is_main_process(): return None
     metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split, train_seconds=round(trained, 1),
-                   eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d), world_size=world_size())
+                   eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d),
+                   world_size=world_size())
     out = Path(out) if out else model
     _write_outputs(out, ds, samples, None, metrics)
     return metrics
@@ -622,8 +689,8 @@ def _caption_images(cap: Captioner, images: list, many: bool, device, **generate
     captions = generate_captions(cap, pixels, device=device, bar=False, **generate)
     return captions if many else captions[0]
 
-def predict(model, inputs, out=None, device=None, batch_size: int = 32, workers: int | None = None,
-            num_beams: int = 5, max_new_tokens: int = 30):
+def predict(model, inputs, out=None, device=None, batch_size: int = 32, workers: int | None = None, *,
+            generation=None) -> Predictions:
     """Caption image files, folders of them (searched recursively) and glob patterns. Iterate the result for one record
     per input: `path` and `caption`, or `path` and `error`. `model`: a `Captioner` or what `load_captioner` takes.
     With `out` the records also go to `out/predictions.jsonl`, and a rerun skips the inputs already there
@@ -635,11 +702,10 @@ def predict(model, inputs, out=None, device=None, batch_size: int = 32, workers:
     cap = model if isinstance(model, Captioner) else load_captioner(model)
     device = get_device(device)
     if arrays is not None:
-        return _caption_images(cap, *arrays, device, batch_size=batch_size, num_beams=num_beams,
-                               max_new_tokens=max_new_tokens)
+        return _caption_images(cap, *arrays, device, batch_size=batch_size, generation=generation)
     def caption_batch(items, pixels) -> list[dict]:
         captions = generate_captions(cap, torch.from_numpy(np.stack(pixels)), batch_size=len(pixels),
-                                     num_beams=num_beams, max_new_tokens=max_new_tokens, device=device, bar=False)
+                                     generation=generation, device=device, bar=False)
         return [{'caption': c} for c in captions]
     items = expand_inputs(inputs, skip=out)
     line = (lambda r: r['caption']) if len(items) == 1 else (lambda r: f"{r['path']}\t{r['caption']}")

@@ -335,7 +335,7 @@ def caption_objects(caption: str) -> list[tuple[str | None, str]]:
 
 # %% ../nbs/08_caption_data.ipynb #c3ddfc79
 def load_caption_data(data: str | Path | None = None, flickr8k: str | Path | None = None, shapes: bool = False,
-                      karpathy: str | Path | None = None, images: str | Path | None = None, seed: int = 0,
+                      karpathy: str | Path | None = None, images: str | Path | None = None, *, seed: int = 0,
                       limit: int | None = None, allow_outside: bool = False,
                       **shape_kw) -> dict[str, list[CaptionItem]]:
     "The splits of one source -- a caption folder, Flickr8k (downloaded when missing), a Karpathy split file with its `images` folder, or generated shapes -- each cut to its first `limit` images."

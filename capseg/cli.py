@@ -69,6 +69,11 @@ def _segment_parser(sub: argparse._SubParsersAction):
     _predict_parser(seg, 'segment')
 
 # %% ../nbs/11_cli.ipynb #ca86bf61
+class _GenerationField(argparse.Action):
+    "`--beams 2` → `generation={'num_beams': 2}`: a field of the model's generation config to change."
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.generation = {**(namespace.generation or {}), self.const: value}
+
 def _caption_parser(sub: argparse._SubParsersAction):
     cap = sub.add_parser('caption', help='image captioning (ViT-GPT2)').add_subparsers(dest='action', required=True)
     def data_args(p):
@@ -82,9 +87,11 @@ def _caption_parser(sub: argparse._SubParsersAction):
         p.add_argument('--limit', type=int, metavar='N', help='only the first N images of each split (--shapes: generates only those), for a quick run')
         p.add_argument('--allow-outside', action='store_true',
                        help='accept image paths in the caption data that lead outside its image folder (../, absolute, links)')
-    def generate_args(p):
-        p.add_argument('--beams', dest='num_beams', type=int, default=5, help='beam width of caption generation (default 5)')
-        p.add_argument('--max-new-tokens', type=int, default=30, help='longest generated caption, in tokens (default 30)')
+    def generate_args(p):   # each flag changes one field of the model's generation config (`generation`)
+        p.add_argument('--beams', action=_GenerationField, dest='generation', const='num_beams', type=int, metavar='N',
+                       help="beam width of caption generation (default: the model's; capseg's is 5)")
+        p.add_argument('--max-new-tokens', action=_GenerationField, dest='generation', const='max_new_tokens', type=int,
+                       metavar='N', help="longest generated caption, in tokens (default: the model's; capseg's is 30)")
     p = cap.add_parser('train', help='fine-tune a captioning model (several processes: torchrun --nproc-per-node N capseg caption train ...)')
     data_args(p)
     p.add_argument('--model', default='tiny', help="'tiny', a hub name or a save_pretrained folder (default tiny)")

@@ -24,9 +24,10 @@ else: from tqdm.std import tqdm
 # %% auto #0
 __all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'get_device', 'world_size',
            'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects', 'seed_everything',
-           'kept_global_rng', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save', 'load_weights',
-           'first_line', 'inside', 'regular_file', 'npz_arrays', 'claim_output', 'staged', 'finish_staged', 'History',
-           'quiet_output', 'quiet_when_asked', 'progress', 'say']
+           'kept_global_rng', 'eval_mode', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
+           'atomic_folder', 'written_folder', 'load_weights', 'first_line', 'inside', 'regular_file', 'npz_arrays',
+           'claim_output', 'staged', 'finish_staged', 'History', 'quiet_output', 'quiet_when_asked', 'progress', 'say',
+           'warn']
 
 # %% ../nbs/00_core.ipynb #ab656aff
 class CapsegError(ValueError):
@@ -94,6 +95,15 @@ def kept_global_rng():
         try: yield
         finally: random.setstate(py); np.random.set_state(npy)
 
+# %% ../nbs/00_core.ipynb #83617ade
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    "Within: `model` in eval mode; on exit, back in the mode it was in."
+    was_training = model.training
+    model.eval()
+    try: yield model
+    finally: model.train(was_training)
+
 # %% ../nbs/00_core.ipynb #fc628e51
 def _umask() -> int:
     "The process's umask (read by setting it and setting it back)."
@@ -128,6 +138,27 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     "`torch.save` `obj` to `path`, atomically."
     with atomic_write(path, 'wb') as f: torch.save(obj, f)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #32ec9636
+@contextmanager
+def atomic_folder(path: str | Path):
+    "A temporary path beside folder `path` to write a folder at; on success it replaces `path`."
+    path = Path(path)
+    tmp, old = path.with_name(f'.{path.name}.tmp'), path.with_name(f'.{path.name}.old')
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+    finally: shutil.rmtree(tmp, ignore_errors=True)   # what a failed or interrupted write left (gone after the rename)
+    shutil.rmtree(old, ignore_errors=True)
+
+def written_folder(path: str | Path, marker: str) -> Path | None:
+    "The folder `atomic_folder` left: `path`, else its old copy (a kill between the renames), holding `marker`."
+    path = Path(path)
+    return next((d for d in (path, path.with_name(f'.{path.name}.old')) if (d/marker).is_file()), None)
 
 # %% ../nbs/00_core.ipynb #ff75d515
 try: from numpy._core.multiarray import _reconstruct          # NumPy 2
@@ -206,30 +237,45 @@ def npz_arrays(path: str | Path, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, tu
 LOCK_NAME, STAGING = '.capseg.lock', '.staging'
 PROBE_BYTES = 1 << 20          # written and removed when a folder is claimed: a full disk fails here, before any work
 
-def _check_writable(out: Path):
-    if out.exists() and not out.is_dir(): raise CapsegError(f'--out {out} is a file, not a folder')
+def _check_writable(out: Path, probe_bytes: int):
+    "A one-line `CapsegError` unless `out` is (or can be made) a folder that takes a probe file of `probe_bytes`."
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == out: raise CapsegError(f'--out {out} is a file, not a folder')
+    if blocker is not None: raise CapsegError(f'--out {out}: {blocker} is a file, not a folder')
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out) as f:
-            f.write(bytes(PROBE_BYTES)); f.flush(); os.fsync(f.fileno())
-    except OSError as e: raise CapsegError(f'--out {out}: cannot write there ({e.strerror})') from None
+            f.write(bytes(probe_bytes)); f.flush(); os.fsync(f.fileno())
+    except OSError as e: raise CapsegError(f'--out {out}: cannot write there ({e.strerror or e})') from None
+
+def _in_use(out: Path) -> CapsegError:
+    return CapsegError(f'--out {out} is in use by another capseg run; wait for it or give another --out')
+
+def _still_linked(path: Path, fd: int):
+    "Refuse a lock taken on a lock file that the run holding it removed meanwhile (it was in use until then)."
+    try: same = os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError: same = False
+    if not same: raise _in_use(path.parent)
 
 @contextmanager
-def claim_output(out: str | Path):
+def claim_output(out: str | Path, *, probe_bytes: int = PROBE_BYTES):
     "Hold folder `out` for one run (main process): writable, locked, cleared of what a killed run left."
     from filelock import FileLock, Timeout
     out = Path(out)
-    _check_writable(out)
+    _check_writable(out, probe_bytes)
     if not is_main_process(): yield out; return
-    lock = FileLock(str(out / LOCK_NAME))
+    path = out / LOCK_NAME
+    lock = FileLock(str(path), on_acquired=functools.partial(_still_linked, path))
     try: lock.acquire(timeout=0)
-    except Timeout: raise CapsegError(f'--out {out} is in use by another capseg run; wait for it or give another --out') from None
+    except Timeout: raise _in_use(out) from None
     try:
         finish_staged(out)
         for tmp in out.glob('.*.tmp'):
             if tmp.is_file(): tmp.unlink()
         yield out
-    finally: lock.release()
+    finally:
+        path.unlink(missing_ok=True)   # while still held: a run that opened it meanwhile sees it gone (`_still_linked`)
+        lock.release()
 
 # %% ../nbs/00_core.ipynb #5b921bfb
 @contextmanager
@@ -321,3 +367,11 @@ def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
 def say(message: str):
     "Print `message` on stderr (beside any progress bar), in the main process, unless quiet."
     if is_main_process() and not _QUIET.get(): tqdm.write(message, file=sys.stderr)
+
+_WARNED: set[str] = set()
+
+def warn(message: str, once: bool = False):
+    "Print `capseg: warning: message` on stderr in the main process, even when quiet (`once`: the first time only)."
+    if not is_main_process() or (once and message in _WARNED): return
+    _WARNED.add(message)
+    tqdm.write(f'capseg: warning: {message}', file=sys.stderr)

@@ -17,7 +17,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
-from .core import CapsegError
+from .core import CapsegError, first_line, warn
 from .caption_data import caption_objects
 
 # %% auto #0
@@ -29,11 +29,6 @@ PUNCTUATION = frozenset(PUNCTUATIONS)   # the tokens pycocoevalcap drops after t
 def have_java() -> bool:
     "Whether a `java` is on PATH: pycocoevalcap's PTB tokenizer and METEOR need one."
     return shutil.which('java') is not None
-
-@cache
-def _warn(message: str):
-    "`message` on stderr, once per process."
-    print(f'capseg: warning: {message}', file=sys.stderr, flush=True)
 
 @contextmanager
 def _no_stderr():
@@ -83,7 +78,7 @@ def attribute_accuracy(predictions: list[str], objects: list[list[dict]]) -> flo
 def _meteor(gts: dict, res: dict, scorer: Meteor) -> float | None:
     try: return float(scorer.compute_score(gts, res)[0])
     except (OSError, ValueError) as e:   # the JVM did not start or died (e.g. out of memory): no score on its stdout
-        _warn(f'METEOR failed and is left out ({type(e).__name__}: {e})')
+        warn(f'METEOR failed and is left out ({type(e).__name__}: {first_line(e)})', once=True)
     finally:
         scorer.meteor_p.kill(); scorer.meteor_p.wait()
         if scorer.lock.locked(): scorer.lock.release()   # held when compute_score failed: its __del__ would hang
@@ -96,8 +91,8 @@ def caption_metrics(predictions: list[str], references: list[list[str]], objects
     if not predictions: raise CapsegError('no captions to score')
     if not all(references): raise CapsegError('every image needs at least one reference caption')
     java = have_java()
-    if not java: _warn('no Java (apt-get install default-jre-headless): METEOR is left out and captions are tokenised '
-                       "by nltk's Treebank tokenizer instead of the PTB tokenizer")
+    if not java: warn('no Java (apt-get install default-jre-headless): METEOR is left out and captions are tokenised '
+                     "by nltk's Treebank tokenizer instead of the PTB tokenizer", once=True)
     if meteor is None: meteor = os.environ.get('CAPSEG_METEOR', '1').strip() != '0'   # a ~14 s Java start per scoring
     scorer = Meteor() if java and meteor else None   # its JVM loads while the rest is computed
     n = len(predictions)

@@ -118,7 +118,7 @@ def test_karpathy_paths_outside_the_folder(tmp_path, filename, filepath):
 
 def test_out_is_a_file(tmp_path):
     (tmp_path/'f').write_text('mine')
-    assert one_line(capseg_main(*TRAIN, '--out', tmp_path/'f')) == f"--out {tmp_path/'f'}: a file, not a folder"
+    assert one_line(capseg_main(*TRAIN, '--out', tmp_path/'f')) == f"--out {tmp_path/'f'} is a file, not a folder"
     assert one_line(capseg_main(*TRAIN, '--out', tmp_path/'f'/'run')) == (f"--out {tmp_path/'f'/'run'}: {tmp_path/'f'} "
                                                                           'is a file, not a folder')
     assert (tmp_path/'f').read_text() == 'mine' and listing(tmp_path) == ['f']
