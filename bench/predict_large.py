@@ -8,7 +8,7 @@ whole command (reading the PNG, the tiles, writing the mask) minus base's wall t
 The machine is shared: the 1-minute load average before each run is recorded. Writes bench/results/predict_large.json.
 Run: .venv/bin/python bench/predict_large.py [--side 12000] [--model DIR]   (~2 min on 2 CPU cores)
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile
 from pathlib import Path
 
 import numpy as np
