@@ -136,9 +136,10 @@ def iou_scores(prob, masks) -> dict:
 
 
 def run_unet(image_train, mask_train, image_test, mask_test, *, epochs: int = 60, seed: int = 0, threads: int = 1,
-             log=None) -> dict:
+             patience: int = 8, log=None) -> dict:
     "Train on the train split and score on the test split; the sweep's record (IoU in %, seconds, images/s)."
-    predict, record = train_unet(image_train, mask_train, epochs=epochs, seed=seed, threads=threads, log=log)
+    predict, record = train_unet(image_train, mask_train, epochs=epochs, seed=seed, threads=threads, patience=patience,
+                                 log=log)
     t = time.perf_counter()
     prob = predict(image_test)
     speed = len(prob) / (time.perf_counter() - t)
