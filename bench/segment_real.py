@@ -21,7 +21,8 @@ Methods (masks only score, except for the two supervised references):
               64×64 crops of the train half (8 tiles would give it one optimiser step per epoch); early stop on 10 % of
               those crops (they overlap the others: the stop is only as honest as a split of the train half can be)
 IoU: flip-invariant, %, as in the sweep (flip chosen per batch of 32 tiles: here one batch), and per tile.
-Writes bench/results/segment_real.json and segment_real.md.   Usage: python bench/segment_real.py [--quick]
+Writes bench/results/segment_real.json, .md and .png (the test tiles, masks and foregrounds; the foregrounds are
+kept under --runs).   Usage: python bench/segment_real.py [--quick]
 """
 import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from capseg.core import CapsegError, load_json, save_json
 from capseg.seg_data import SegData
-from capseg.segment import blur_otsu, chan_vese_classic, infer, load_model, normalize, train
+from capseg.plot import image_grid
+from capseg.segment import batch_flip, blur_otsu, chan_vese_classic, infer, load_model, normalize, train
 from bench.unet import iou_scores, run_unet
 
 PACKAGE, FILES = 'stardist', ('data/images/img2d.tif', 'data/images/mask2d.tif')
@@ -67,7 +69,8 @@ def package_data() -> dict:
 def tiles(a: np.ndarray, size: int = TILE, stride: int | None = None) -> np.ndarray:
     "`a` (H×W) cut into size×size tiles `stride` apart (default: not overlapping), row by row (N×size×size)."
     h, w, step = *a.shape, stride or size
-    return np.stack([a[i:i + size, j:j + size] for i in range(0, h - size + 1, step) for j in range(0, w - size + 1, step)])
+    return np.stack([a[i:i + size, j:j + size] for i in range(0, h - size + 1, step)
+                     for j in range(0, w - size + 1, step)])
 
 
 def overlapping(data: SegData) -> SegData:
@@ -115,14 +118,14 @@ def scored(pred_fn, data: SegData) -> dict:
     extra = {}
     if isinstance(pred, tuple): pred, extra = pred[0], dict(mu=pred[1])
     seconds = time.perf_counter() - t
-    return iou_scores(pred.astype(np.float32), data.mask_test) | dict(seconds=seconds) | extra
+    return iou_scores(pred.astype(np.float32), data.mask_test) | dict(seconds=seconds, prob=pred) | extra
 
 
 def methods(data: SegData, out: Path, quick: bool) -> dict:
     "name → a function that runs the method on `data` and returns its record."
     short = dict(epochs=2) if quick else {}
-    # IMAGES API: switch to `train(images=data.image_train, out=..., device='cpu')` (no masks at all; random crops of the
-    # full frame) once the library has it; the tiles and SegData here are a stand-in for the npz-based training.
+    # IMAGES API: switch to `train(images=<the train half, whole>, out=..., device='cpu')` (no masks at all; random
+    # crops of the frame) once the library has it; the tiles and SegData here stand in for the npz-based training.
     def default():
         r = train(data, out=out / 'default', device='cpu', figures=False, **short)
         return _with_tiles(r, out / 'default', data)
@@ -150,12 +153,28 @@ def _with_tiles(metrics: dict, model: Path, data: SegData) -> dict:
     assert abs(tiles_scored['test_iou'] - metrics['test_iou']) < 1e-3, 'the saved model scores differently'
     keep = ('test_iou', 'test_iou_per_image', 'train_seconds', 'epochs', 'best_epoch', 'alpha', 'widths', 'selection',
             'inference_images_per_s')
-    return {k: metrics[k] for k in keep if k in metrics} | dict(iou_each_image=tiles_scored['iou_each_image'])
+    return {k: metrics[k] for k in keep if k in metrics} | dict(iou_each_image=tiles_scored['iou_each_image'], prob=p)
+
+
+def foreground(prob, masks) -> np.ndarray:
+    "Binary foreground of `prob` (N×H×W) with the flip the IoU chose for the batch (masks pick only the polarity)."
+    p = torch.as_tensor(np.asarray(prob, dtype=np.float32))[:, None]
+    flipped = batch_flip(p, torch.as_tensor(np.asarray(masks) > 0)[:, None])[1]
+    return (((1 - p) if flipped else p) > 0.5)[:, 0].numpy()
+
+
+def picture(data: SegData, runs: Path, path: Path):
+    "The test tiles, their masks and each method's foreground (those run and saved under `runs`) as a PNG grid."
+    rows = {'image': np.clip(data.image_test, 0, 1), 'mask': data.mask_test}
+    for key in METHODS:
+        if (runs / f'pred_{key}.npy').exists(): rows[key] = np.load(runs / f'pred_{key}.npy', allow_pickle=False)
+    image_grid(rows, path, size=1.1, title='test tiles (right half of the frame)')
 
 
 def table(res: dict) -> str:
     "The results as markdown."
-    rows = ['| method | test IoU % (batch flip) | per-tile IoU % | per-tile IoUs | seconds |', '|---|---:|---:|---|---:|']
+    rows = ['| method | test IoU % (batch flip) | per-tile IoU % | per-tile IoUs | seconds |',
+            '|---|---:|---:|---|---:|']
     for key, label in METHODS.items():
         r = res['methods'].get(key)
         if r is None: continue
@@ -175,14 +194,16 @@ def main(argv=None):
     ap.add_argument('--fresh', action='store_true', help='ignore earlier results')
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    a.runs.mkdir(parents=True, exist_ok=True)
     d = package_data()
     data = split(d)
     res = load_json(a.results) if a.results.exists() and not a.fresh else {}
     res.update({k: v for k, v in d.items() if k not in ('image', 'labels')})
     res.setdefault('methods', {})
+    n_train, n_test = len(data.image_train), len(data.image_test)
     res.update(split=dict(train='columns 0–255 (left half)', test='columns 256–511 (right half)',
-                          tiles=f'{TILE}×{TILE}, non-overlapping, {len(data.image_train)} train + {len(data.image_test)} '
-                                'test', why='the package ships one real 2-D frame with masks: no split by image possible',
+                          tiles=f'{TILE}×{TILE}, non-overlapping, {n_train} train + {n_test} test',
+                          why='the package ships one real 2-D frame with masks: no split by image possible',
                           train_foreground=float(data.mask_train.mean()), test_foreground=float(data.mask_test.mean())),
                iou='flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 tiles (one batch '
                    'here); test_iou_per_image: flip chosen per tile; iou_each_image: per test tile, row by row',
@@ -191,6 +212,7 @@ def main(argv=None):
     for key in a.methods or [m for m in METHODS if a.quick or m not in res['methods']]:
         t = time.perf_counter()
         r = methods(data, a.runs, a.quick)[key]() | dict(wall_seconds=time.perf_counter() - t)
+        np.save(a.runs / f'pred_{key}.npy', foreground(r.pop('prob'), data.mask_test))
         res['methods'][key] = r
         save_json(res, a.results)
         print(f"{METHODS[key]:42s} IoU {r['test_iou']:5.1f}  per tile {r['test_iou_per_image']:5.1f}  "
@@ -200,6 +222,7 @@ def main(argv=None):
           f"({res['split']['why']}). {res['iou']}. Seconds: training (networks) or running (classical methods), "
           "one thread.\n\n" + table(res) + '\n')
     a.results.with_suffix('.md').write_text(md)
+    picture(data, a.runs, a.results.with_suffix('.png'))
     print(table(res))
 
 

@@ -122,7 +122,8 @@ def train_unet(images, masks, *, epochs: int = 60, seed: int = 0, threads: int =
         "Foreground probabilities (N×H×W) of `images` in the training images' units."
         xs = (torch.as_tensor(np.asarray(images, dtype=np.float32))[:, None] - mean) / std
         with cpu_threads(threads), torch.inference_mode():
-            return torch.cat([torch.sigmoid(net(xs[i:i + batch_size])) for i in range(0, len(xs), batch_size)])[:, 0].numpy()
+            p = torch.cat([torch.sigmoid(net(xs[i:i + batch_size])) for i in range(0, len(xs), batch_size)])
+        return p[:, 0].numpy()
     return predict, record
 
 
@@ -137,10 +138,10 @@ def iou_scores(prob, masks) -> dict:
 
 def run_unet(image_train, mask_train, image_test, mask_test, *, epochs: int = 60, seed: int = 0, threads: int = 1,
              patience: int = 8, log=None) -> dict:
-    "Train on the train split and score on the test split; the sweep's record (IoU in %, seconds, images/s)."
+    "Train on the train split and score on the test split; the record (IoU in %, seconds, images/s, test `prob`)."
     predict, record = train_unet(image_train, mask_train, epochs=epochs, seed=seed, threads=threads, patience=patience,
                                  log=log)
     t = time.perf_counter()
     prob = predict(image_test)
     speed = len(prob) / (time.perf_counter() - t)
-    return iou_scores(prob, mask_test) | record | dict(inference_images_per_s=speed)
+    return iou_scores(prob, mask_test) | record | dict(inference_images_per_s=speed, prob=prob)
