@@ -43,7 +43,7 @@ from bench.unet import iou_scores, run_unet
 
 PACKAGE, FILES = 'stardist', ('data/images/img2d.tif', 'data/images/mask2d.tif')
 TILE, SPLIT_COLUMN = 128, 256
-UNET_EPOCHS, UNET_PATIENCE = 150, 10
+UNET_EPOCHS, UNET_PATIENCE = 100, 10
 METHODS = {'default': 'capseg default (no masks)', 'default_crops': 'capseg default (no masks), 64×64 crops',
            'blur_otsu': 'blur + Otsu', 'chan_vese': 'scikit-image chan_vese, defaults',
            'chan_vese_rule': 'scikit-image chan_vese, mask-free rule', 'supervised': 'supervised CVNet (masks, BCE)',
