@@ -60,12 +60,20 @@ test: check-export lint-workflows test-nbs docs browser test-py
 test-fast: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -n 2 -m 'not slow'
 
+# The benchmarks (hours on a 2-core CPU; each resumes where it stopped). The real-data one reads the frame and masks
+# that the stardist package ships: the `bench` extra installs it into the same .venv.
 bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/segment_sweep.py
+	$(BIN)/python bench/segment_real.py
+	$(BIN)/python bench/segment_files.py
+	$(BIN)/python bench/segment_tta.py
 	$(BIN)/python bench/caption.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/predict_large.py
+	$(BIN)/python bench/report.py
 
 # nbdev-docs needs Quarto; where it is missing (this offline machine) render nbdev's processed notebooks with nbconvert
 # (tools/render_docs.py: math as MathML, a sidebar, client-side search; nothing fetched when the pages are opened).

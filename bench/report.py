@@ -66,6 +66,24 @@ def plot_sweep(results: dict, path=None, setting: str = 'shapes'):
     return save_png(fig, path)
 
 
+BENCH_METHODS = {'seed_60': 'seed pipeline, 60 epochs', 'seed_275': 'seed pipeline, 275 epochs',
+                 'default': 'capseg default', 'blur_otsu': 'blur + Otsu', 'supervised': 'supervised (masks, BCE)'}
+
+def bench_table(results: dict) -> str:
+    "The benchmark results (`bench/results/segment.json`) as a markdown table."
+    rows = ['| noise | method | epochs | test IoU % | per-image IoU % | train s | train CPU s | inference img/s |',
+            '|---|---|---:|---:|---:|---:|---:|---:|']
+    fmt = lambda v, f: '–' if v is None else format(v, f)
+    for noise, runs in results['noise'].items():
+        for key, label in BENCH_METHODS.items():
+            r = runs.get(key)
+            if r is None: continue
+            rows.append(f"| {noise} | {label} | {fmt(r.get('epochs'), 'd')} | {fmt(r['test_iou'], '.2f')} | "
+                        f"{fmt(r.get('test_iou_per_image'), '.2f')} | {fmt(r.get('train_seconds'), '.1f')} | "
+                        f"{fmt(r.get('train_cpu_seconds'), '.1f')} | {fmt(r.get('inference_images_per_s'), ',.0f')} |")
+    return '\n'.join(rows)
+
+
 def write_sweep_report(results: dict, png: Path, md: Path):
     "The sweep's plot (PNG) and markdown table (with the settings it was run with)."
     plot_sweep(results, png)

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from capseg.core import save_json
 from capseg.seg_data import make_shapes
-from capseg.segment import (ARCHS, bench_table, baseline_scores, build_net, cpu_threads, images_per_second, infer,
+from bench.report import bench_table
+from capseg.segment import (ARCHS, baseline_scores, build_net, cpu_threads, images_per_second, infer,
                             normalize, score, train)
 
 RESULTS = ROOT / 'bench' / 'results' / 'segment.json'
@@ -116,6 +117,7 @@ def main(argv=None):
     results['seconds'] = time.perf_counter() - T0
     save_json(results, RESULTS)
     print(bench_table(results))
+    (RESULTS.parent / 'segment.md').write_text(bench_table(results) + '\n')
     print(f"\n{results['seconds'] / 60:.1f} min; targets at noise 0.5: {results.get('targets')}")
 
 

@@ -44,7 +44,8 @@ from bench.unet import iou_scores, run_unet
 PACKAGE, FILES = 'stardist', ('data/images/img2d.tif', 'data/images/mask2d.tif')
 TILE, SPLIT_COLUMN = 128, 256
 UNET_EPOCHS, UNET_PATIENCE = 100, 10
-METHODS = {'default': 'capseg default (no masks)', 'default_crops': 'capseg default (no masks), 64×64 crops',
+METHODS = {'images': 'capseg default (no masks), the raw frame half as a 16-bit TIFF (--images)',
+           'default': 'capseg default (no masks), 8 tiles in an npz', 'default_crops': 'capseg default (no masks), 64×64 crops',
            'blur_otsu': 'blur + Otsu', 'chan_vese': 'scikit-image chan_vese, defaults',
            'chan_vese_rule': 'scikit-image chan_vese, mask-free rule', 'supervised': 'supervised CVNet (masks, BCE)',
            'unet': 'supervised UNet (masks, BCE + Dice)'}
@@ -124,8 +125,8 @@ def scored(pred_fn, data: SegData) -> dict:
 def methods(data: SegData, out: Path, quick: bool) -> dict:
     "name → a function that runs the method on `data` and returns its record."
     short = dict(epochs=2) if quick else {}
-    # IMAGES API: switch to `train(images=<the train half, whole>, out=..., device='cpu')` (no masks at all; random
-    # crops of the frame) once the library has it; the tiles and SegData here stand in for the npz-based training.
+    def images():                   # what a user does: the raw 16-bit half as a file, no masks anywhere near it
+        return files_run(out / 'images', quick)
     def default():
         r = train(data, out=out / 'default', device='cpu', figures=False, **short)
         return _with_tiles(r, out / 'default', data)
@@ -136,13 +137,31 @@ def methods(data: SegData, out: Path, quick: bool) -> dict:
         chosen = load_json(out / 'default' / 'metrics.json')['widths']
         r = train(data, out=out / 'supervised', device='cpu', figures=False, supervised=True, widths=chosen, **short)
         return _with_tiles(r, out / 'supervised', data)
-    return {'default': default, 'default_crops': default_crops,
+    return {'images': images, 'default': default, 'default_crops': default_crops,
             'blur_otsu': lambda: scored(blur_otsu, data),
             'chan_vese': lambda: scored(chan_vese_classic, data),
             'chan_vese_rule': lambda: scored(chan_vese_rule, data),
             'supervised': supervised,
             'unet': lambda: run_unet(*overlapping(data).arrays().values(),
                                      epochs=3 if quick else UNET_EPOCHS, patience=UNET_PATIENCE, seed=0, threads=1)}
+
+
+def files_run(out: Path, quick: bool) -> dict:
+    """`capseg segment train --images train.tif` on the raw 16-bit left half (random crops, percentiles of the frame),
+    then `segment.predict` on the raw right half (its own percentiles); its mask scored per test tile."""
+    import tifffile
+    from capseg import segment
+    d = package_data()
+    (out / 'files').mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(out / 'files' / 'train.tif', d['image'][:, :SPLIT_COLUMN])
+    t = time.perf_counter()
+    m = train(images=[out / 'files' / 'train.tif'], out=out / 'run', device='cpu', figures=False, quiet=True,
+              **(dict(epochs=2) if quick else {}))
+    seconds = time.perf_counter() - t
+    mask = segment.predict(out / 'run', d['image'][:, SPLIT_COLUMN:], device='cpu')
+    fg = tiles((d['labels'][:, SPLIT_COLUMN:] > 0).astype(np.uint8))
+    return iou_scores(tiles(mask.astype(np.float32)), fg) | dict(seconds=seconds, prob=tiles(mask.astype(np.float32)),
+                                                               epochs=m['epochs'], crop=m['crop'], widths=m['widths'])
 
 
 def _with_tiles(metrics: dict, model: Path, data: SegData) -> dict:

@@ -29,8 +29,8 @@ from .seg_model import *
 from .seg_model import _nchw
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'RESULT_FILES', 'IOU_DEFINITION', 'load_frames', 'cpu_threads', 'model_record', 'frame_probability',
-           'score_frames', 'train']
+__all__ = ['MASK_SUFFIXES', 'EPOCH_BATCHES', 'RESULT_FILES', 'IOU_DEFINITION', 'load_frames', 'cpu_threads', 'model_record',
+           'frame_probability', 'score_frames', 'train']
 
 # %% ../nbs/06_seg_train.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -168,12 +168,16 @@ def _crop_stack(frames: FrameSet, side: int, per_frame, seed: int, n: int) -> np
     crops = RandomCrops(frames, side, per_frame, seed)
     return np.stack([crops[k][0] for k in range(min(n, len(crops)))])
 
+EPOCH_BATCHES = 8     # batches an epoch of crops has at least (the patience and the screening count epochs)
+
 def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
     "The loader and settings for frames of any size: random crops, frame by frame; frames held out for the risk."
     shapes = [f.shape(i) for i in range(len(f))]
     side = crop_side(shapes, max(2 ** (len(w) - 1) for w in recipe.candidates or [recipe.widths]))
-    per_frame = [min(64, math.ceil(h * w / side ** 2)) for h, w in shapes]
     fit, held = _holdout(len(f), recipe.holdout, seed) if len(f) >= 5 else (np.arange(len(f)), np.arange(len(f)))
+    batch = max(4, min(recipe.batch_size, round(recipe.batch_size * (64 / side) ** 2)))
+    least = math.ceil(EPOCH_BATCHES * batch / len(fit))       # crops a frame gives an epoch at least: few frames, still
+    per_frame = [min(64, max(least, math.ceil(h * w / side ** 2))) for h, w in shapes]   # several steps an epoch
     only = lambda keep: [n if i in set(keep.tolist()) else 0 for i, n in enumerate(per_frame)]
     sample = _crop_stack(f, side, only(fit), seed + 2, 64)
     norm = dict(mean=float(sample.mean()), std=float(sample.std()) or 1.0)
@@ -181,7 +185,6 @@ def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) 
     x_held = normalize(_crop_stack(f, side, only(held), seed + 1, 64), norm) if recipe.holdout else torch.zeros(0, 1, side, side)
     sigma = float(np.median(noise_sigma(normalize(sample, norm)[:, 0].numpy())))
     pairs = _CropPairs(RandomCrops(f, side, only(fit), seed), norm, seg_transforms(recipe.augment, (side, side)))
-    batch = max(4, min(recipe.batch_size, round(recipe.batch_size * (64 / side) ** 2)))
     loader = DataLoader(pairs, batch_size=batch, shuffle=False, collate_fn=_collate, drop_last=len(pairs) > batch)
     return _Setup(loader, x_held, norm, sigma, _alpha(recipe, sigma), _epochs(recipe, len(loader)), (side, side),
                   None, f.n_masks == len(f), side)
