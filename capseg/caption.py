@@ -62,6 +62,7 @@ def tiny_processor(image_size: int = 48):
     from transformers import ViTImageProcessor
     return ViTImageProcessor(size={'height': image_size, 'width': image_size}, image_mean=[.5] * 3, image_std=[.5] * 3)
 
+# %% ../nbs/10_caption.ipynb #d312a7ac
 def tiny_model(tokenizer, *, image_size: int = 48, patch_size: int = 16, hidden_size: int = 128, encoder_layers: int = 3,
                decoder_layers: int = 3, heads: int = 4, max_positions: int = 64, dropout: float = 0.0):
     "A small ViT + small GPT-2 (with cross-attention) `VisionEncoderDecoderModel`, built from configs (about 1.5M parameters)."
@@ -155,6 +156,7 @@ def _load_folder(path: Path) -> Captioner:
     if not (d/'capseg.json').is_file(): return Captioner(_capsegs(model, tok), tok, proc, str(d), False)
     return Captioner(set_special_ids(model, tok), tok, proc, str(d), bool(load_json(d/'capseg.json').get('tiny')))
 
+# %% ../nbs/10_caption.ipynb #48d94647
 def load_captioner(name: str | Path = 'tiny', train_captions=None) -> Captioner:
     "'tiny' (its tokenizer trained on `train_captions`), a `save_pretrained` (or `train --out`) folder, or a hub name."
     name = str(name)
@@ -296,6 +298,7 @@ def batch_loss(model, batch: dict, device, autocast=None) -> torch.Tensor:
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with autocast or nullcontext(): return model(**batch).loss.float()
 
+# %% ../nbs/10_caption.ipynb #57a044a3
 def optimizer_step(opt, params, scaler=None, clip: float = 1.0) -> bool:
     "Clip the gradients and step (through the GradScaler for fp16); False, and no step, when the gradients are not finite."
     if scaler is not None: scaler.unscale_(opt)
@@ -337,6 +340,7 @@ def save_checkpoint(cap: Captioner, state: dict, out: Path):
 def _checkpoint_dir(out: Path) -> Path | None:
     return written_folder(out/'checkpoint', 'trainer_state.pt')
 
+# %% ../nbs/10_caption.ipynb #7b201125
 def _load_state(d: Path) -> dict:
     "`d/trainer_state.pt` read as data (`weights_only`): anything beyond tensors and plain containers is refused, unrun."
     path = d/'trainer_state.pt'
@@ -388,6 +392,7 @@ class _Run:
     @property
     def steps(self) -> int: return math.ceil(self.batches / self.cfg.accum)   # optimiser steps per epoch
 
+# %% ../nbs/10_caption.ipynb #c8dc57b0
 def _start(cap: Captioner, train_ds: CaptionDataset, cfg: TrainConfig, out: Path, device, source: dict) -> _Run:
     "The run's model (in DDP under torchrun), optimiser, schedule and precision, before its first epoch."
     ddp = init_distributed(device)
@@ -420,6 +425,7 @@ def _resume(run: _Run, ck: Path):
         warn(f'resuming with {world_size()} processes a run started with {st.get("world_size", 1)}: '
              'the global batch and data order change')
 
+# %% ../nbs/10_caption.ipynb #7a43b938
 def _train_epoch(run: _Run, ds: CaptionDataset, epoch: int) -> list[float]:
     "One epoch of `ds` (a step every `accum` batches); every process's finite batch losses, or a one-line divergence."
     cfg = run.cfg
@@ -483,6 +489,7 @@ def _end_epoch(run: _Run, epoch: int, finite: list[float], val: dict, t0: float)
         + (f', val loss {run.hist.last("val/loss"):.4f}, val CIDEr {val["val__cider"]:.3f}' if val else '')
         + (' (best)' if improved else '') + f' ({time.time() - t0:.0f} s)')
 
+# %% ../nbs/10_caption.ipynb #ab1b9e1d
 def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None, out: str | Path, cfg: TrainConfig, *,
         resume: bool = False, device=None, source: dict | None = None) -> tuple[History, float]:
     "Train `cap.model` (in every process of a `torchrun`): checkpoints in `out/checkpoint`, the best in `out/best`."
@@ -536,6 +543,7 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
             out += [' '.join(s.split()) for s in cap.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return out
 
+# %% ../nbs/10_caption.ipynb #a6ddc342
 def score_dataset(cap: Captioner, ds: CaptionDataset, *, generation=None, device=None,
                   meteor: bool | None = None) -> tuple[dict, list[dict]]:
     "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process; `meteor=False` (or `CAPSEG_METEOR=0` where `meteor` is None) skips METEOR's Java start (~14 s)."

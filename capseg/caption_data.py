@@ -115,6 +115,7 @@ def _fetch(url: str, dest: Path):
         raise CapsegError(f'could not download {url} ({getattr(e, "reason", e)}); offline? Put the unpacked archives '
                           f'in {dest.parent} (Flickr8k_text/ and Flickr8k_Dataset/)') from None
 
+# %% ../nbs/08_caption_data.ipynb #e91cbc21
 def download_flickr8k(root: str | Path, urls: dict[str, str] | None = None, keep_zips: bool = False) -> Path:
     "Download and unpack what is missing of Flickr8k under `root`: images to `root/Flicker8k_Dataset/`, text to `root/Flickr8k_text/`."
     root, urls = Path(root), urls or FLICKR8K_URLS
@@ -232,6 +233,7 @@ def load_caption_folder(root: str | Path, seed: int = 0, val_frac: float = 0.1, 
     if not splits['test']: raise CapsegError(f'{root}: no test images (give test.json or more images)')
     return splits
 
+# %% ../nbs/08_caption_data.ipynb #911ac7ad
 def save_caption_folder(splits: dict[str, list[CaptionItem]], root: str | Path) -> Path:
     "Write `splits` in the caption folder format: PNGs of in-memory images (copies of files) in `root/images/`, and the JSON."
     root = Path(root)
@@ -310,6 +312,7 @@ def _captions(objs: list[dict], size: int, rng: random.Random) -> list[str]:
                 lambda: 'there is ' + both(lambda o: NP(o, True)), lambda: both(lambda o: NP(o, False, P(o))) + ' on a dark background']
     return [pool[i]() for i in rng.sample(range(len(pool)), 5)]
 
+# %% ../nbs/08_caption_data.ipynb #64d810c5
 def captioned_shapes(n_train: int = 6000, n_val: int = 300, n_test: int = 300, size: int = 48, max_objects: int = 2,
                      seed: int = 0) -> dict[str, list[CaptionItem]]:
     "Generate coloured shapes (size, position) with 5 varied reference captions per image and each object's attributes."

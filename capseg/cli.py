@@ -35,6 +35,7 @@ def _mask_args(p, masks_help: str):
     p.add_argument('--masks', nargs='+', metavar='PATH', help=masks_help)
     p.add_argument('--channel', type=int, metavar='K', help='colour images: use channel K (default: grey by ITU-R BT.601)')
 
+# %% ../nbs/11_cli.ipynb #f485129e
 def _segment_parser(sub: argparse._SubParsersAction):
     seg = sub.add_parser('segment', help='unsupervised Chan-Vese segmentation').add_subparsers(dest='action', required=True)
     p = seg.add_parser('train', help='train a segmentation network without masks')
@@ -74,6 +75,7 @@ class _GenerationField(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         namespace.generation = {**(namespace.generation or {}), self.const: value}
 
+# %% ../nbs/11_cli.ipynb #44142f28
 def _caption_parser(sub: argparse._SubParsersAction):
     cap = sub.add_parser('caption', help='image captioning (ViT-GPT2)').add_subparsers(dest='action', required=True)
     def data_args(p):
@@ -142,6 +144,7 @@ def _predict_parser(job_subparsers: argparse._SubParsersAction, job: str):
     p.add_argument('--save-prob', action='store_true', help='also write the foreground probability as a 16-bit PNG '
                    '(0-65535) to probs/NAME.png, with --out')
 
+# %% ../nbs/11_cli.ipynb #35411bc5
 def _print_predictions(preds: Predictions) -> int:
     "Print each result as it comes (with --out, a summary at the end), the failures on stderr; the exit status."
     from capseg.core import is_main_process, world_size
@@ -215,6 +218,7 @@ def _culprit(e: BaseException) -> str | None:
         tb = tb.tb_next
     return found
 
+# %% ../nbs/11_cli.ipynb #e86b2fdf
 def import_error_message(e: BaseException, what: str) -> str | None:
     "One line naming the package behind a failed import and the `pip install` that fixes it (None: capseg's own fault)."
     why = lambda err: f'{type(err).__name__}: {str(err).splitlines()[0]}' if str(err) else type(err).__name__
@@ -309,6 +313,7 @@ def _network(m: dict) -> str:
 def _figures(folder: str | Path | None) -> list[str]:
     return sorted(str(p) for p in Path(folder).glob('*.png')) if folder is not None and Path(folder).is_dir() else []
 
+# %% ../nbs/11_cli.ipynb #65f1b9cc
 def summary(metrics: dict, out: str | Path | None = None, title: str | None = None) -> str:
     """A few lines for a person: what the run used, the headline metrics beside the baseline, the time, and where the
     figures and `metrics.json` are (in folder `out`). Keys the run did not write are left out; the history stays in
@@ -345,6 +350,7 @@ def summary(metrics: dict, out: str | Path | None = None, title: str | None = No
         rows['next'] = f"capseg {'segment' if 'energy' in m or 'test_iou' in m else 'caption'} predict --model {out} IMAGE ..."
     return '\n'.join(([title] if title else []) + [f'  {k:<10} {v}' for k, v in rows.items() if v])
 
+# %% ../nbs/11_cli.ipynb #b37371a1
 def demo_table(metrics: dict, out: str | Path) -> str:
     "`capseg demo`'s two jobs side by side (folder `out`): result, baseline, training time and where the pictures are."
     rows = [('job', 'result', 'baseline', 'training', 'pictures')]
@@ -379,6 +385,7 @@ def _print(result: object, args: argparse.Namespace):
         else: print(summary(result, getattr(args, 'out', None) or getattr(args, 'model', None), _title(args)))
     elif result is not None: print(result)
 
+# %% ../nbs/11_cli.ipynb #7cbebd1e
 def main(argv: list[str] | None = None):
     "Entry point of the `capseg` console script."
     args = build_parser().parse_args(argv)                    # --help, --version and usage errors exit here, at once

@@ -257,6 +257,7 @@ def _still_linked(path: Path, fd: int):
     except FileNotFoundError: same = False
     if not same: raise _in_use(path.parent)
 
+# %% ../nbs/00_core.ipynb #15f246d3
 @contextmanager
 def claim_output(out: str | Path, *, probe_bytes: int = PROBE_BYTES):
     "Hold folder `out` for one run (main process): writable, locked, cleared of what a killed run left."

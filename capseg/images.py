@@ -97,6 +97,7 @@ def frame_count(path: str | os.PathLike) -> int:
         with _open_pil(path): return 1
     with _open_tiff(path) as tif: return sum(len(series) * per_page for series, per_page in _tiff_frames(tif, path))
 
+# %% ../nbs/01_images.ipynb #d146a9ef
 def frame_shape(path: str | os.PathLike, index: int = 0) -> tuple[int, int]:
     "(height, width) of frame `index` of an image file, from its header."
     path = check_file(path)

@@ -85,6 +85,7 @@ def _not_regular(path: str) -> str | None:
     try: regular_file(path)
     except CapsegError as e: return str(e).removeprefix(f'{path}: ')
 
+# %% ../nbs/04_predict.ipynb #00d55145
 def _stack_items(path: str, name: str) -> list[Item]:
     "One item per frame of a multi-frame TIFF file, with its `index`; any other file (or an unreadable one) as one item."
     suffix = os.path.splitext(path)[1]
@@ -171,6 +172,7 @@ def _npz_array(path: str, key: str) -> np.ndarray:
     start = info.header_offset + 30 + name_len + extra_len + header
     return np.memmap(path, dtype, 'r', offset=start, shape=shape, order='F' if fortran else 'C')
 
+# %% ../nbs/04_predict.ipynb #8e6128d5
 def read_npz_image(item: Item) -> np.ndarray:
     "Image `item.index` of array `item.key` of npz file `item.path`, as a float32 H×W array in its own units."
     a = _npz_array(item.path, item.key)
@@ -229,6 +231,7 @@ def _cut_torn_line(path):
                 return
         f.truncate(0)
 
+# %% ../nbs/04_predict.ipynb #155e7844
 def merge_parts(out) -> Path:
     """Append to `out/predictions.jsonl` the records of the per-process parts (`predictions.part*.jsonl`) that it lacks,
     then remove the parts; cuts a torn last line first. Safe to repeat after a kill."""
@@ -292,6 +295,7 @@ def _drop_retries(path: Path):
     if any(r.get('retry') for r in records):
         with atomic_write(path, 'w') as f: f.write(''.join(json.dumps(r) + '\n' for r in records if not r.get('retry')))
 
+# %% ../nbs/04_predict.ipynb #84b5bc1b
 class Predictions:
     """The records of predicting `items`, streamed when iterated: `load(item)` reads one input (in a DataLoader worker)
     and `predict(items, images)` returns a dict of fields per image of a batch. With `out`, records are appended to

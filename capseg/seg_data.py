@@ -85,6 +85,7 @@ def _check_mask(key: str, m, images: np.ndarray, image_key: str, where: str, lab
     shown = ', '.join(f'{v:g}' for v in values[:5]) + (', ...' if len(values) > 5 else '')
     raise CapsegError(f'{where}{key} is not binary: its values are {shown} (need 0/1, bool or 0/255)')
 
+# %% ../nbs/02_seg_data.ipynb #50cf0dbb
 def validate_seg_arrays(arrays, source: str = 'arrays', need=('image_train',), labels: bool = False) -> SegData:
     """Check a mapping of the seed's keys (those in `need` required, the others optional; a mask needs its images) and
     return it as a `SegData`; a `CapsegError` names what is wrong. `labels`: integer masks are label images (≠ 0)."""
@@ -165,6 +166,7 @@ def _per_image(rng: np.random.Generator, value, n: int) -> np.ndarray:
     low, high = value
     return rng.uniform(low, high, n)
 
+# %% ../nbs/02_seg_data.ipynb #559ca022
 def make_shapes_split(n: int, noise=0.5, size: int = 32, seed: int = 0, split: int = 0, *, n_shapes=1, scale=1.0,
                       polarity: str = 'bright', background=0.0, contrast=1.0):
     """`(images, masks, kinds)` of `n` noisy shapes; `kinds` indexes `SHAPES` (the first shape of each image).

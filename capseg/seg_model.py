@@ -110,6 +110,7 @@ def seg_transforms(kind: str | None, size: tuple[int, int] = (32, 32)):
     if kind == 'dihedral': return v2.Compose([v2.RandomHorizontalFlip(), _random_rot90()()])
     raise ValueError(f'unknown augmentation {kind!r}')
 
+# %% ../nbs/05_seg_model.ipynb #6e8d7a86
 class SegDataset(Dataset):
     "Images (N×H×W) with their masks as `(tv_tensors.Image, tv_tensors.Mask)` pairs, 1×H×W, transformed together."
     def __init__(self, images: np.ndarray, masks: np.ndarray, transform: Callable | None = None):
@@ -157,6 +158,7 @@ class SeedNet(_PaddedNet):
             if isinstance(m, nn.Conv2d): nn.init.xavier_uniform_(m.weight); nn.init.constant_(m.bias, 1.0)
             elif isinstance(m, nn.BatchNorm2d): nn.init.constant_(m.weight, 1.0); nn.init.constant_(m.bias, 1.0)
 
+# %% ../nbs/05_seg_model.ipynb #2ffb810e
 class CVNet(_PaddedNet):
     """capseg's network: a full-resolution conv with `widths[0]` channels, then a stride-2 conv per further entry
     (a bottleneck of 1/2^(len(widths) - 1) of the image side), and back up by bilinear ×2 upsampling + conv with
@@ -212,6 +214,7 @@ def build_net(net: str, widths) -> nn.Module:
     "A fresh network of class name `net` with `widths`."
     return NETS[net](tuple(widths))
 
+# %% ../nbs/05_seg_model.ipynb #35757e8b
 def make_optimizer(model: nn.Module, recipe: Recipe, steps: int):
     "The recipe's optimiser and (per-step) scheduler, or None."
     if recipe.optimizer == 'sgd':
@@ -256,6 +259,7 @@ def score(x: torch.Tensor, p: torch.Tensor, masks, alpha: float, batch: int = IO
     out['flipped_batches'] = int(sum(flipped))
     return out
 
+# %% ../nbs/05_seg_model.ipynb #7e471352
 def fused_for_inference(net: nn.Module) -> nn.Module:
     "`net` in eval mode with each BatchNorm folded into the convolution before it, in channels-last memory format (changes `net`)."
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -292,6 +296,7 @@ def chan_vese_classic(images, **kwargs) -> np.ndarray:
 
 BASELINES = {'blur_otsu': blur_otsu, 'chan_vese': chan_vese_classic}
 
+# %% ../nbs/05_seg_model.ipynb #ef3a8e4a
 def baseline_scores(images, masks, method: str = 'blur_otsu') -> dict:
     "Flip-invariant IoU (batch-level and per-image, %), seconds and images/s of a classical `method` of `BASELINES`."
     t = time.perf_counter()
@@ -337,6 +342,7 @@ def _weights(i: int, count: int, length: int, ramp: np.ndarray) -> np.ndarray:
     if i < count - 1: w[-len(ramp):] *= 1 - ramp
     return w
 
+# %% ../nbs/05_seg_model.ipynb #ecc30818
 def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overlap: int,
                  margin: int) -> Iterator[tuple[int, np.ndarray]]:
     "The blended probability of an image as `(first row, rows)` bands, in order; `region(rows, cols)`: its tensor there."

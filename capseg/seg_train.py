@@ -133,6 +133,7 @@ def _check_range(x: torch.Tensor, norm: dict, source: str, raw):
         raise CapsegError(f'{source}: image values up to {float(np.abs(raw).max()):.3g} overflow 32-bit '
                           'arithmetic; rescale the images (to about 0-1)')
 
+# %% ../nbs/06_seg_train.ipynb #b6f00bc4
 def _setup_arrays(d: SegData, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
     "The loader and settings for images held in memory (an npz, the shapes, arrays), trained on whole."
     with np.errstate(over='ignore'):              # values near float32's limit: one line below, no warnings
@@ -225,6 +226,7 @@ def _check_recipe(r: Recipe):
     if r.augment not in AUGMENTATIONS + (None,):
         raise CapsegError(f'--augment must be one of {", ".join(AUGMENTATIONS)}, not {r.augment!r}')
 
+# %% ../nbs/06_seg_train.ipynb #cedd1ac5
 def _check_resume(ck: dict, path, recipe: Recipe, **now):
     "A one-line `CapsegError` naming every setting of checkpoint `ck` that differs from this run's."
     was = {**{k: ck.get(k) for k in now}, **ck['recipe']}
@@ -277,6 +279,7 @@ def _candidates(recipe: Recipe, setup: _Setup, device) -> list[_Candidate]:
     widths = [w for i, w in enumerate(recipe.candidates) if i == 0 or fits(w)] if len(setup.held) else []
     return [_Candidate(recipe, w, setup.steps, device) for w in widths or [recipe.widths]]
 
+# %% ../nbs/06_seg_train.ipynb #175bf6ec
 def _screen(nets: list[_Candidate], epoch: int) -> tuple[list[_Candidate], dict]:
     "Keep the network with the lowest held-out risk so far; the record of the choice."
     ranked = sorted(nets, key=lambda n: n.best['risk'])
@@ -307,6 +310,7 @@ class _State:
     selection: dict | None = None
     stopped: bool = False
 
+# %% ../nbs/06_seg_train.ipynb #1ae03aed
 def _train_epoch(nets: list[_Candidate], setup: _Setup, epoch: int, supervised: bool) -> list[dict]:
     "One pass over the training batches for every candidate; the per-batch losses (and IoUs, where masks came)."
     if hasattr(setup.loader.dataset, 'set_epoch'): setup.loader.dataset.set_epoch(epoch)
@@ -360,6 +364,7 @@ def _resume(state: _State, path: Path, recipe: Recipe, setup: _Setup, info: _Set
     state.train_seconds, state.cpu_seconds = ck['train_seconds'], ck['cpu_seconds']
     _set_rng_state(ck['rng'], gen)
 
+# %% ../nbs/06_seg_train.ipynb #dce603d0
 def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = True, callback=None) -> dict:
     "Train on `data` as `recipe` says, checkpointing each epoch into `out`; the metrics of `_finish`."
     gen = seed_everything(info.seed)
@@ -425,6 +430,7 @@ def _split_results(model, x: torch.Tensor, masks, setup: _Setup, flip: bool | No
         rows['mask'] = np.asarray(masks[:10])
     return r, rows
 
+# %% ../nbs/06_seg_train.ipynb #6b70736c
 def _results_arrays(model, d: SegData, setup: _Setup, out: Path, figures: bool) -> dict:
     "The metrics of a run on images held in memory (train split, and the test split where there is one)."
     tr, rows_tr = _split_results(model, normalize(d.image_train, setup.norm), d.mask_train, setup)
@@ -481,6 +487,7 @@ def _frame_metrics(per: list[dict], flip: bool) -> dict:
                  n_masks=len(scored))
     return m
 
+# %% ../nbs/06_seg_train.ipynb #34032a14
 def _as_split(m: dict, split: str) -> dict:
     "Frame scores named as a split's: `iou` → `train_iou`, `baseline_iou` → `baseline_train_iou`, ..."
     rename = {'iou': f'{split}_iou', 'iou_per_image': f'{split}_iou_per_image', 'baseline_iou': f'baseline_{split}_iou',
@@ -539,6 +546,7 @@ IOU_DEFINITION = ('flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen
                   'batch-level choice), mean over images; *_per_image: flip chosen per image; iou (frames): one flip for '
                   'all frames with masks')
 
+# %% ../nbs/06_seg_train.ipynb #604855e3
 def _curves(history: History, path: Path, arch: str):
     names = [n for n in ('loss', 'fidelity', 'regularization', 'iou', 'risk') if any(k.endswith('/' + n) for k in history.keys())]
     plot_curves(history, path, names=names, ncols=len(names),

@@ -67,6 +67,7 @@ def _save_eval(result: dict, model, out):
     else: save_json(result, target)
     return result
 
+# %% ../nbs/07_segment.ipynb #4e8207a3
 def _evaluate_frames(f: FrameSet, net, rec, model, out) -> dict:
     t = time.perf_counter()
     per, _ = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0)
@@ -126,6 +127,7 @@ class _Input:
         x /= np.float32(self.std)
         return torch.from_numpy(x)[None, None]
 
+# %% ../nbs/07_segment.ipynb #4c36ab1b
 def _prepare(frame, rec: dict, channel: int | None = None, npz: bool = False) -> _Input:
     "An image (array, or a PIL image's pixels) ready for the network of model record `rec`; `npz`: it came from an npz."
     frame = np.asarray(frame)
