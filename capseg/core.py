@@ -24,7 +24,7 @@ else: from tqdm.std import tqdm
 # %% auto #0
 __all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'get_device', 'world_size',
            'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects', 'seed_everything',
-           'kept_global_rng', 'eval_mode', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
+           'kept_global_rng', 'eval_mode', 'cpu_threads', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
            'atomic_folder', 'written_folder', 'load_weights', 'first_line', 'inside', 'regular_file', 'npz_arrays',
            'claim_output', 'staged', 'finish_staged', 'History', 'quiet_output', 'quiet_when_asked', 'progress', 'say',
            'warn']
@@ -103,6 +103,15 @@ def eval_mode(model: torch.nn.Module):
     model.eval()
     try: yield model
     finally: model.train(was_training)
+
+# %% ../nbs/00_core.ipynb #d9fbb99b
+@contextmanager
+def cpu_threads(n: int | None):
+    "Run the block with `n` torch CPU threads (None: as it is), then restore the previous number."
+    prev = torch.get_num_threads()
+    if n: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(prev)
 
 # %% ../nbs/00_core.ipynb #fc628e51
 def _umask() -> int:

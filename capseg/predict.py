@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .images import IMAGE_SUFFIXES, frame_count
-from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, gather_objects,
+from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, cpu_threads, gather_objects,
                    init_distributed, is_main_process, load_json, npz_arrays, progress, rank, regular_file, save_json,
                    world_size)
 
@@ -364,14 +364,12 @@ class Predictions:
         loader = DataLoader(_Loading(mine, self.load), batch_size=self.batch_size, collate_fn=list,
                             num_workers=self.workers if len(mine) > self.batch_size else 0,
                             worker_init_fn=partial(_die_with_parent, os.getpid()))
-        threads = torch.get_num_threads()
-        if self.threads: torch.set_num_threads(self.threads)
         f = open(target, 'a', encoding='utf-8') if target else None
         shown = is_main_process() and not (self.out is None and sys.stdout.isatty())    # not over printed results
         bar = progress(total=len(mine), unit='img', desc=self.desc, file=sys.stderr if shown else io.StringIO())
         try:
             for batch in loader:
-                records = self._predict_batch(batch)
+                with cpu_threads(self.threads): records = self._predict_batch(batch)
                 if f: _append(f, records)
                 bad = sum('error' in r for r in records)
                 self.failed, self.predicted = self.failed + bad, self.predicted + len(records) - bad
@@ -381,7 +379,6 @@ class Predictions:
         finally:
             bar.close()
             if f: f.close()
-            torch.set_num_threads(threads)
             _npz_array.cache_clear()
 
     def _predict_batch(self, batch: list) -> list[dict]:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import CapsegError
+from .core import CapsegError, eval_mode
 
 # %% auto #0
 __all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'PREDICT_PIXELS', 'TILE', 'region_means', 'chan_vese_loss',
@@ -236,11 +236,8 @@ def normalize(images, norm: dict) -> torch.Tensor:
 def infer(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, device=None) -> torch.Tensor:
     "Probabilities (N×1×H×W, on the CPU) for normalised images `x`, in eval mode, batch by batch."
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 def score(x: torch.Tensor, p: torch.Tensor, masks, alpha: float, batch: int = IOU_BATCH) -> dict:
     "Per-batch loss, fidelity, regularization and IoU (batch-level flip), and per-image IoUs of both kinds."
@@ -395,17 +392,13 @@ def sure_risk(model: nn.Module, x: torch.Tensor, sigma: float, probes: int = 2, 
     """Stein's unbiased estimate of the per-pixel mean squared error between the model's piecewise-constant
     reconstruction of images `x` (N×1×H×W, the network's units) and the noise-free images, for white Gaussian noise
     of std `sigma` (same units). The divergence is estimated with `probes` seeded random probes."""
-    was_training = model.training
-    model.eval()
     x = x.to(next(model.parameters()).device)
     recon = lambda y: piecewise_constant(y, model(y))
-    c = recon(x)
-    if sigma <= 0:                         # noise-free images: the risk is the plain error, there is no noise to probe
-        model.train(was_training)
-        return ((c - x) ** 2).mean().item()
-    g, eps, div = torch.Generator().manual_seed(seed), 0.01 * sigma, 0.0
-    for _ in range(probes):
-        b = torch.randn(x.shape, generator=g).to(x.device)
-        div += (b * (recon(x + eps * b) - c)).sum().item() / eps / probes
-    model.train(was_training)
+    with eval_mode(model):
+        c = recon(x)
+        if sigma <= 0: return ((c - x) ** 2).mean().item()     # noise-free images: no noise to probe, the plain error
+        g, eps, div = torch.Generator().manual_seed(seed), 0.01 * sigma, 0.0
+        for _ in range(probes):
+            b = torch.randn(x.shape, generator=g).to(x.device)
+            div += (b * (recon(x + eps * b) - c)).sum().item() / eps / probes
     return ((c - x) ** 2).mean().item() - sigma ** 2 + 2 * sigma ** 2 * div / x.numel()

@@ -6,8 +6,7 @@ Docs: https://capseg.github.io/capseg/seg_train.html.md"""
 
 # %% ../nbs/06_seg_train.ipynb #da948f7a
 from __future__ import annotations
-import hashlib, math, os, random, time, warnings
-from contextlib import contextmanager
+import hashlib, math, os, random, time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, get_device,
-                         kept_global_rng, load_weights, progress, quiet_output, save_json, seed_everything, staged)
+from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, cpu_threads, get_device,
+                   kept_global_rng, load_weights, progress, quiet_output, save_json, seed_everything, staged, warn)
 from .images import frame_count, to_grey
 from .predict import Item, expand_inputs
 from .seg_data import (FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, make_shapes,
@@ -29,8 +28,8 @@ from .seg_model import *
 from .seg_model import _nchw
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'EPOCH_BATCHES', 'RESULT_FILES', 'IOU_DEFINITION', 'load_frames', 'cpu_threads', 'model_record',
-           'frame_probability', 'score_frames', 'train']
+__all__ = ['MASK_SUFFIXES', 'EPOCH_BATCHES', 'RESULT_FILES', 'IOU_DEFINITION', 'load_frames', 'model_record', 'frame_probability',
+           'score_frames', 'train']
 
 # %% ../nbs/06_seg_train.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -199,14 +198,6 @@ def _set_rng_state(s: dict, loader_gen: torch.Generator):
     torch.set_rng_state(s['torch']); np.random.set_state(s['numpy']); random.setstate(s['python'])
     loader_gen.set_state(s['loader'])
 
-@contextmanager
-def cpu_threads(n: int | None):
-    "Run the block with `n` torch CPU threads (None: as it is), then restore the previous number."
-    prev = torch.get_num_threads()
-    if n: torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(prev)
-
 def _collate(batch):
     x, m = zip(*batch)
     return torch.stack([t.as_subclass(torch.Tensor) for t in x]), torch.stack([t.as_subclass(torch.Tensor) for t in m])
@@ -354,7 +345,7 @@ def _checkpoint(state: _State, recipe: Recipe, setup: _Setup, info: _Settings, g
 
 def _resume(state: _State, path: Path, recipe: Recipe, setup: _Setup, info: _Settings, gen: torch.Generator):
     "Continue from checkpoint `path` if there is one (the same data and settings, else one line naming what differs)."
-    if not path.exists(): return warnings.warn(f'no checkpoint in {path.parent}: starting from scratch')
+    if not path.exists(): return warn(f'no checkpoint in {path.parent}: starting from scratch')
     ck = load_weights(path, 'checkpoint')
     _check_resume(ck, path, recipe, arch=info.arch, supervised=info.supervised, seed=info.seed, fingerprint=info.fingerprint)
     device = next(state.nets[0].model.parameters()).device
@@ -576,7 +567,7 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     model.pt, metrics.json and the figures into `out`; return the metrics. The global random generators are seeded
     for the run and restored afterwards; every option is described in the notebook."""
     t_start = time.perf_counter()
-    from torchvision.transforms import v2     # the augmentation's: a broken install stops here, before any work
+    from torchvision.transforms import v2  # noqa: F401 -- the augmentation's: a broken install stops here, before any work
     if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
     d = _resolve_data(data, images, masks, shapes=shapes, noise=noise, channel=channel, max_npz_bytes=max_npz_bytes)
     given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)

@@ -16,14 +16,15 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from .core import MAX_NPZ_BYTES, CapsegError, get_device, inside, load_json, load_weights, save_json
+from .core import (MAX_NPZ_BYTES, CapsegError, cpu_threads, get_device, inside, load_json, load_weights,
+                         save_json)
 from .images import _pil_array, percentiles, read_frame, to_grey
 from .predict import Item, Predictions, expand_inputs, in_memory_images, read_npz_image, save_png
 from .seg_data import MIN_SIZE, FrameSet, SegData, load_seg_npz
 from .seg_model import *
 from .seg_model import _tiled_bands
 from .seg_train import *
-from .seg_train import _frame_metrics, _as_split, cpu_threads, load_frames, score_frames
+from .seg_train import _frame_metrics, _as_split, load_frames, score_frames
 
 # %% auto #0
 __all__ = ['FOREGROUNDS', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict']
