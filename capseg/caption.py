@@ -42,7 +42,8 @@ def train_tokenizer(captions, min_frequency: int = 1):
     tok = Tokenizer(models.WordLevel(unk_token='[UNK]'))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(captions, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=min_frequency))
+    tok.train_from_iterator(captions,
+                            trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=min_frequency))
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='[PAD]', bos_token='[BOS]', eos_token='[EOS]',
                                    unk_token='[UNK]', model_max_length=64)
 
@@ -63,16 +64,19 @@ def tiny_processor(image_size: int = 48):
     return ViTImageProcessor(size={'height': image_size, 'width': image_size}, image_mean=[.5] * 3, image_std=[.5] * 3)
 
 # %% ../nbs/10_caption.ipynb #d312a7ac
-def tiny_model(tokenizer, *, image_size: int = 48, patch_size: int = 16, hidden_size: int = 128, encoder_layers: int = 3,
-               decoder_layers: int = 3, heads: int = 4, max_positions: int = 64, dropout: float = 0.0):
-    "A small ViT + small GPT-2 (with cross-attention) `VisionEncoderDecoderModel`, built from configs (about 1.5M parameters)."
+def tiny_model(tokenizer, *, image_size: int = 48, patch_size: int = 16, hidden_size: int = 128,
+               encoder_layers: int = 3, decoder_layers: int = 3, heads: int = 4, max_positions: int = 64,
+               dropout: float = 0.0):
+    """A small ViT + small GPT-2 (with cross-attention) `VisionEncoderDecoderModel`, built from configs (about 1.5M
+    parameters)."""
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
-    enc = ViTConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=encoder_layers,
-                    num_attention_heads=heads, intermediate_size=4 * hidden_size, hidden_dropout_prob=dropout,
-                    attention_probs_dropout_prob=dropout)
+    enc = ViTConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                    num_hidden_layers=encoder_layers, num_attention_heads=heads, intermediate_size=4 * hidden_size,
+                    hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     dec = GPT2Config(vocab_size=len(tokenizer), n_positions=max_positions, n_embd=hidden_size, n_layer=decoder_layers,
-                     n_head=heads, add_cross_attention=True, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                     n_head=heads, add_cross_attention=True, resid_pdrop=dropout, embd_pdrop=dropout,
+                     attn_pdrop=dropout, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id)
     model = VisionEncoderDecoderModel(config=VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
     return set_special_ids(model, tokenizer)
 
@@ -100,7 +104,8 @@ def decoding(model, generation=None):
 # %% ../nbs/10_caption.ipynb #8c360aeb
 @dataclass
 class Captioner:
-    "A model with its tokenizer and image processor; `tiny` when it is capseg's tiny model (its training defaults differ)."
+    """A model with its tokenizer and image processor; `tiny` when it is capseg's tiny model (its training defaults
+    differ)."""
     model: object
     tokenizer: object
     processor: object
@@ -114,7 +119,8 @@ class Captioner:
         tok.add_bos_token = True   # a text prompt ('' for a plain caption) starts with BOS, the decoder start
         with _hf_quiet():
             self.model.save_pretrained(path)   # generation_config.json: the model's decoding
-            self.processor.save_pretrained(path)   # preprocessor_config.json, for readers that look for the image processor alone
+            # preprocessor_config.json, for readers that look for the image processor alone
+            self.processor.save_pretrained(path)
             VisionTextDualEncoderProcessor(image_processor=self.processor, tokenizer=tok).save_pretrained(path)
 
 @contextmanager
@@ -176,10 +182,12 @@ def load_captioner(name: str | Path = 'tiny', train_captions=None) -> Captioner:
 
 # %% ../nbs/10_caption.ipynb #26bd3ab3
 class ImageTransform:
-    "A processor's resize + rescale + normalise, split: PIL image → uint8 tensor at model size (cached), uint8 batch → floats."
+    """A processor's resize + rescale + normalise, split: PIL image → uint8 tensor at model size (cached), uint8 batch →
+    floats."""
     def __init__(self, processor):
         size = {k: v for k, v in dict(processor.size).items() if v is not None}
-        if not {'height', 'width'} <= set(size): raise CapsegError(f'unsupported image processor size {size} (need height and width)')
+        if not {'height', 'width'} <= set(size):
+            raise CapsegError(f'unsupported image processor size {size} (need height and width)')
         self.size = (size['height'], size['width'])
         self.resample = int(getattr(processor, 'resample', None) or Image.BILINEAR)
         norm = getattr(processor, 'do_normalize', True)
@@ -199,7 +207,8 @@ class ImageTransform:
 
 # %% ../nbs/10_caption.ipynb #49c155e4
 class CaptionDataset(Dataset):
-    "Images as uint8 tensors, loaded once (unreadable ones skipped and counted); one reference caption per image, redrawn each epoch."
+    """Images as uint8 tensors, loaded once (unreadable ones skipped and counted); one reference caption per image,
+    redrawn each epoch."""
     def __init__(self, items: list[CaptionItem], transform: ImageTransform, tokenizer, *, max_tokens: int = 40,
                  seed: int = 0, desc: str = 'images', workers: int = 4):
         def load(it):
@@ -213,7 +222,8 @@ class CaptionDataset(Dataset):
                  f'e.g. {self.skipped[0]}')
         keep = [i for i, r in enumerate(loaded) if not isinstance(r, str)]
         self.items = [items[i] for i in keep]
-        self.pixels = torch.stack([loaded[i] for i in keep]) if keep else torch.zeros(0, 3, *transform.size, dtype=torch.uint8)
+        self.pixels = (torch.stack([loaded[i] for i in keep]) if keep
+                       else torch.zeros(0, 3, *transform.size, dtype=torch.uint8))
         caps = [[clean_caption(c) for c in it.captions] for it in self.items]
         flat = tokenizer([c for cs in caps for c in cs], add_special_tokens=False)['input_ids'] if caps else []
         self.tokens, k = [], 0
@@ -246,8 +256,10 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 def resolve_amp(device, amp: str = 'auto', n_params: int = 0) -> str:
-    "'auto': bf16 on CUDA (fp16 without bf16); on a CPU with native bf16, bf16 for models of 50M+ parameters; else 'off'."
-    if amp not in ('auto', 'bf16', 'fp16', 'off'): raise CapsegError(f'amp must be auto, bf16, fp16 or off, not {amp!r}')
+    """'auto': bf16 on CUDA (fp16 without bf16); on a CPU with native bf16, bf16 for models of 50M+ parameters; else
+    'off'."""
+    if amp not in ('auto', 'bf16', 'fp16', 'off'):
+        raise CapsegError(f'amp must be auto, bf16, fp16 or off, not {amp!r}')
     if amp != 'auto': return amp
     device = torch.device(device)
     if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
@@ -280,7 +292,8 @@ class TrainConfig:
 
     def __post_init__(self):
         for k in ('epochs', 'batch_size', 'accum'):
-            if getattr(self, k) is not None and getattr(self, k) < 1: raise CapsegError(f'{k} must be at least 1, not {getattr(self, k)}')
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise CapsegError(f'{k} must be at least 1, not {getattr(self, k)}')
         if (self.early_stop or 0) < 0 or (self.lr or 0) < 0: raise CapsegError('early_stop and lr cannot be negative')
 
     def for_model(self, tiny: bool) -> TrainConfig:
@@ -300,7 +313,8 @@ def batch_loss(model, batch: dict, device, autocast=None) -> torch.Tensor:
 
 # %% ../nbs/10_caption.ipynb #57a044a3
 def optimizer_step(opt, params, scaler=None, clip: float = 1.0) -> bool:
-    "Clip the gradients and step (through the GradScaler for fp16); False, and no step, when the gradients are not finite."
+    """Clip the gradients and step (through the GradScaler for fp16); False, and no step, when the gradients are not
+    finite."""
     if scaler is not None: scaler.unscale_(opt)
     ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip)))
     if scaler is not None: scaler.step(opt); scaler.update()   # the scaler skips a non-finite step itself
@@ -320,21 +334,24 @@ def _writing(path: Path):
     try: yield
     except CapsegError: raise
     except Exception as e:
-        raise CapsegError(f'cannot write {path} ({first_line(e, 160)}; {_free_mb(path):.1f} MB free on its disk)') from e
+        raise CapsegError(f'cannot write {path} ({first_line(e, 160)}; '
+                          f'{_free_mb(path):.1f} MB free on its disk)') from e
 
 def _free_mb(path: Path) -> float:
     "The free space on the disk that holds `path` (or its nearest existing folder), in MB."
     return shutil.disk_usage(next(p for p in (path, *path.parents) if p.is_dir())).free / 1e6
 
 def _write_folder(cap: Captioner, final: Path, info: dict, state: dict | None = None):
-    "`cap.save` + `capseg.json` + `trainer_state.pt` (`state`) into `final` atomically; a failed write leaves no `.tmp`."
+    """`cap.save` + `capseg.json` + `trainer_state.pt` (`state`) into `final` atomically; a failed write leaves no
+    `.tmp`."""
     with _writing(final), atomic_folder(final) as tmp:
         cap.save(tmp)
         save_json(info, tmp/'capseg.json')
         if state is not None: torch.save(state, tmp/'trainer_state.pt')
 
 def save_checkpoint(cap: Captioner, state: dict, out: Path):
-    "Write the model, tokenizer, processor, trainer state and data source to `out/checkpoint`, atomically (a folder, then renames)."
+    """Write the model, tokenizer, processor, trainer state and data source to `out/checkpoint`, atomically (a folder,
+    then renames)."""
     _write_folder(cap, out/'checkpoint', {**state.get('source', {}), 'tiny': cap.tiny}, state)
 
 def _checkpoint_dir(out: Path) -> Path | None:
@@ -342,7 +359,8 @@ def _checkpoint_dir(out: Path) -> Path | None:
 
 # %% ../nbs/10_caption.ipynb #7b201125
 def _load_state(d: Path) -> dict:
-    "`d/trainer_state.pt` read as data (`weights_only`): anything beyond tensors and plain containers is refused, unrun."
+    """`d/trainer_state.pt` read as data (`weights_only`): anything beyond tensors and plain containers is refused,
+    unrun."""
     path = d/'trainer_state.pt'
     try:
         with warnings.catch_warnings():   # torch's note on a pickle protocol it did not write adds nothing here
@@ -360,7 +378,8 @@ def _load_state(d: Path) -> dict:
 
 # %% ../nbs/10_caption.ipynb #897d7a29
 def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
-    "This process's batches of an epoch: `range(n)` shuffled by `seed`, cut into global batches of `batch_size` × processes, each process taking its own block of each."
+    """This process's batches of an epoch: `range(n)` shuffled by `seed`, cut into global batches of `batch_size` ×
+    processes, each process taking its own block of each."""
     ws = world_size()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     order = torch.cat([order, order[:(-n) % ws]])   # as many images for every process (fewer than ws seen twice)
@@ -471,8 +490,8 @@ def _trainer_state(run: _Run) -> dict:
     "What `--resume` and `eval` read back from `trainer_state.pt`: tensors and plain data only."
     return {'optimizer': run.opt.state_dict(), 'scheduler': run.sched.state_dict(),
             'scaler': run.scaler.state_dict() if run.scaler else None, 'epoch': run.epoch,
-            'history': run.hist.to_dict(), 'train_seconds': run.seconds, 'nonfinite': run.nonfinite, 'best': run.best, 'world_size': world_size(),
-            'config': vars(run.cfg), 'source': run.source}
+            'history': run.hist.to_dict(), 'train_seconds': run.seconds, 'nonfinite': run.nonfinite, 'best': run.best,
+            'world_size': world_size(), 'config': vars(run.cfg), 'source': run.source}
 
 def _end_epoch(run: _Run, epoch: int, finite: list[float], val: dict, t0: float):
     "Log the epoch; in the main process keep the best model and write the checkpoint; print the epoch's line."
@@ -515,12 +534,14 @@ def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None,
 
 # %% ../nbs/10_caption.ipynb #684f12da
 def _beam_cache(model) -> dict:
-    "`generate`'s cache for beam search that reorders only the self-attention keys and values; {} where the model reorders its own."
+    """`generate`'s cache for beam search that reorders only the self-attention keys and values; {} where the model
+    reorders its own."""
     try: from transformers import DynamicCache, EncoderDecoderCache
     except ImportError: return {}
     if hasattr(model, '_reorder_cache'): return {}   # older transformers: the model reorders a tuple cache itself
     class SelfReorderingCache(EncoderDecoderCache):
-        "All beams of an image attend to the same encoder output: reordering their cross-attention cache changes nothing."
+        """All beams of an image attend to the same encoder output: reordering their cross-attention cache changes
+        nothing."""
         def reorder_cache(self, beam_idx: torch.Tensor): self.self_attention_cache.reorder_cache(beam_idx)
     import inspect
     name = 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'   # renamed in 5.x
@@ -546,10 +567,13 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
 # %% ../nbs/10_caption.ipynb #a6ddc342
 def score_dataset(cap: Captioner, ds: CaptionDataset, *, generation=None, device=None,
                   meteor: bool | None = None) -> tuple[dict, list[dict]]:
-    "Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction, references}), in every process; `meteor=False` (or `CAPSEG_METEOR=0` where `meteor` is None) skips METEOR's Java start (~14 s)."
+    """Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction,
+    references}), in every process; `meteor=False` (or `CAPSEG_METEOR=0` where `meteor` is None) skips METEOR's Java
+    start (~14 s)."""
     init_distributed(get_device(device))
     ws, preds = world_size(), [None] * len(ds)
-    for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], generation=generation, device=device))):
+    for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], generation=generation,
+                                                              device=device))):
         preds[k::ws] = part   # process k captioned images k, k + ws, k + 2 ws, ...
     refs = [it.captions for it in ds.items]
     objects = [it.objects for it in ds.items] if ds.items and all(it.objects is not None for it in ds.items) else None
@@ -576,8 +600,8 @@ def _resume_config(ck: Path, given: TrainConfig, source: dict) -> TrainConfig:
              if getattr(saved, k) != getattr(given, k)]
     diffs += [f'{k} {was[k]!r}, not {source[k]!r}' for k in _RESUME_SOURCE if k in was and was[k] != source[k]]
     if diffs:
-        raise CapsegError(f'--resume: the checkpoint was made with {"; ".join(diffs)} (resume with its settings, or use '
-                          'a new --out)')
+        raise CapsegError(f'--resume: the checkpoint was made with {"; ".join(diffs)} '
+                          '(resume with its settings, or use a new --out)')
     changeable = ('epochs', 'batch_size', 'lr', 'early_stop')
     return replace(saved, **{k: getattr(given, k) for k in changeable if getattr(given, k) is not None})
 
@@ -605,9 +629,11 @@ def _write_outputs(out: Path, ds: CaptionDataset, samples: list[dict], hist: His
     with _writing(out):
         save_json(samples, out/'samples.json')
         if hist is not None and hist.epochs:
-            plot_curves(hist, out/'curves.png', title='caption: loss (mean ± std over batches) and validation CIDEr per epoch')
+            plot_curves(hist, out/'curves.png',
+                        title='caption: loss (mean ± std over batches) and validation CIDEr per epoch')
         if k := min(n, len(ds)):
-            caption_gallery([ds.pixels[i].permute(1, 2, 0).numpy() for i in range(k)], [s['prediction'] for s in samples[:k]],
+            caption_gallery([ds.pixels[i].permute(1, 2, 0).numpy() for i in range(k)],
+                            [s['prediction'] for s in samples[:k]],
                             [s['references'] for s in samples[:k]], path=out/'gallery.png')
         save_json(metrics, out/'metrics.json')
 
@@ -618,7 +644,8 @@ def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=
           out: str | Path = 'runs/caption', epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
           resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto',
           freeze_encoder: bool = False, early_stop: int | None = None, limit: int | None = None, device=None,
-          shapes_kw: dict | None = None, generation=None, allow_outside: bool = False, quiet: bool = False) -> dict | None:
+          shapes_kw: dict | None = None, generation=None, allow_outside: bool = False,
+          quiet: bool = False) -> dict | None:
     "Train or fine-tune on one data source, then caption the test split with the best model, all into `out`; see below."
     out, device = Path(out), get_device(device)
     with claim_output(out, probe_bytes=4096):   # the room a run needs: `_check_space`, once the model is known

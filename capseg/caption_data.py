@@ -96,10 +96,12 @@ def read_image_list(path: str | Path) -> list[str]:
 
 # %% ../nbs/08_caption_data.ipynb #a0f1ad0c
 _TEXT_DIRS = ('Flickr8k_text', '.')
-_IMAGE_DIRS = ('Flickr8k_Dataset', 'Flicker8k_Dataset', 'Flickr8k_Dataset/Flicker8k_Dataset', 'Flickr8k_Dataset/Flickr8k_Dataset')
+_IMAGE_DIRS = ('Flickr8k_Dataset', 'Flicker8k_Dataset', 'Flickr8k_Dataset/Flicker8k_Dataset',
+               'Flickr8k_Dataset/Flickr8k_Dataset')
 
 def find_flickr8k(root: str | Path) -> tuple[Path | None, Path | None]:
-    "The caption-text folder and the image folder under `root` (None where missing), in the layouts the archives unpack to."
+    """The caption-text folder and the image folder under `root` (None where missing), in the layouts the archives
+    unpack to."""
     root = Path(root)
     text = next((root/d for d in _TEXT_DIRS if (root/d/'Flickr8k.token.txt').is_file()), None)
     imgs = next((root/d for d in _IMAGE_DIRS if (root/d).is_dir() and any((root/d).glob('*.jpg'))), None)
@@ -117,7 +119,8 @@ def _fetch(url: str, dest: Path):
 
 # %% ../nbs/08_caption_data.ipynb #e91cbc21
 def download_flickr8k(root: str | Path, urls: dict[str, str] | None = None, keep_zips: bool = False) -> Path:
-    "Download and unpack what is missing of Flickr8k under `root`: images to `root/Flicker8k_Dataset/`, text to `root/Flickr8k_text/`."
+    """Download and unpack what is missing of Flickr8k under `root`: images to `root/Flicker8k_Dataset/`, text to
+    `root/Flickr8k_text/`."""
     root, urls = Path(root), urls or FLICKR8K_URLS
     root.mkdir(parents=True, exist_ok=True)
     for name, url in urls.items():
@@ -159,7 +162,8 @@ def load_flickr8k(root: str | Path, download: bool = True, allow_outside: bool =
 
 # %% ../nbs/08_caption_data.ipynb #5c4615d3
 def write_seed_json(splits: dict[str, list[CaptionItem]], out: str | Path) -> Path:
-    "Write the seed's files: `captions.json` (all images) and `train.json`, `val.json`, `test.json`, each `[{image, captions}]`."
+    """Write the seed's files: `captions.json` (all images) and `train.json`, `val.json`, `test.json`, each `[{image,
+    captions}]`."""
     out = Path(out)
     for split, items in splits.items(): save_json([it.to_json() for it in items], out/f'{split}.json')
     save_json([it.to_json() for s in SPLITS for it in splits.get(s, [])], out/'captions.json')
@@ -169,7 +173,8 @@ def write_seed_json(splits: dict[str, list[CaptionItem]], out: str | Path) -> Pa
 KARPATHY_SPLITS = {'train': 'train', 'restval': 'train', 'val': 'val', 'test': 'test'}
 
 def load_karpathy(path: str | Path, images: str | Path, allow_outside: bool = False) -> dict[str, list[CaptionItem]]:
-    "The splits of a Karpathy split file (`restval` joins train); the images, under `images` (`image_path`), open later."
+    """The splits of a Karpathy split file (`restval` joins train); the images, under `images` (`image_path`), open
+    later."""
     path, images = Path(path), Path(images)
     try: data = json.loads(path.read_text(encoding='utf-8'))
     except FileNotFoundError: raise CapsegError(f'{path}: no such file') from None
@@ -182,11 +187,13 @@ def load_karpathy(path: str | Path, images: str | Path, allow_outside: bool = Fa
         try:
             split, name, sub = KARPATHY_SPLITS[d['split']], d['filename'], d.get('filepath') or ''
             caps = [s['raw'] for s in d['sentences']]
-            ok = isinstance(name, str) and isinstance(sub, str) and caps and all(isinstance(c, str) and c.strip() for c in caps)
+            ok = (isinstance(name, str) and isinstance(sub, str) and caps
+                  and all(isinstance(c, str) and c.strip() for c in caps))
         except (KeyError, TypeError, AttributeError): ok = False
         if not ok: raise CapsegError(f'{path}: image {i} needs "filename", "split" (train, val, test or restval) and '
                                      f'"sentences" with "raw" captions; got {str(d)[:80]}')
-        if sub not in folders: folders[sub] = Path(sub) if sub and (images/sub).is_dir() else Path()   # COCO: train2014/
+        if sub not in folders:
+            folders[sub] = Path(sub) if sub and (images/sub).is_dir() else Path()   # COCO: train2014/
         file = image_path(images, str(folders[sub]/name), f'{path} image {i}', allow_outside)
         splits[split].append(CaptionItem(name, caps, path=file))
     for s in ('train', 'test'):
@@ -205,7 +212,9 @@ def read_caption_json(path: str | Path) -> list[dict]:
     for i, d in enumerate(data):
         ok = (isinstance(d, dict) and isinstance(d.get('image'), str) and isinstance(d.get('captions'), list)
               and d['captions'] and all(isinstance(c, str) and c.strip() for c in d['captions']))
-        if not ok: raise CapsegError(f'{path}: entry {i} must be {{"image": name, "captions": [non-empty strings]}}, got {str(d)[:80]}')
+        if not ok:
+            raise CapsegError(f'{path}: entry {i} must be {{"image": name, "captions": [non-empty strings]}}, '
+                              f'got {str(d)[:80]}')
     return data
 
 def load_caption_folder(root: str | Path, seed: int = 0, val_frac: float = 0.1, test_frac: float = 0.1,
@@ -235,7 +244,8 @@ def load_caption_folder(root: str | Path, seed: int = 0, val_frac: float = 0.1, 
 
 # %% ../nbs/08_caption_data.ipynb #911ac7ad
 def save_caption_folder(splits: dict[str, list[CaptionItem]], root: str | Path) -> Path:
-    "Write `splits` in the caption folder format: PNGs of in-memory images (copies of files) in `root/images/`, and the JSON."
+    """Write `splits` in the caption folder format: PNGs of in-memory images (copies of files) in `root/images/`, and
+    the JSON."""
     root = Path(root)
     (root/'images').mkdir(parents=True, exist_ok=True)
     for items in splits.values():
@@ -262,7 +272,8 @@ def paint_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: fl
     else: raise ValueError(f'unknown shape {shape!r}')
 
 def _shape_image(rng: random.Random, size: int, max_objects: int, jitter: float = 0.35):
-    "One image: 1..max_objects shapes, each in its own cell of a 3×3 grid, off-centre by up to `jitter` of the free room."
+    """One image: 1..max_objects shapes, each in its own cell of a 3×3 grid, off-centre by up to `jitter` of the free
+    room."""
     cell, objs = size / 3, []
     for k in sorted(rng.sample(range(9), rng.randint(1, max_objects))):   # reading order
         sz = rng.choice(('small', 'large'))
@@ -309,7 +320,8 @@ def _captions(objs: list[dict], size: int, rng: random.Random) -> list[str]:
         both = lambda f: ' and '.join(f(o) for o in objs)
         pool = [lambda: both(NP), lambda: both(lambda o: NP(o, True, P(o))),
                 lambda: 'two shapes , ' + both(lambda o: NP(o, rng.random() < .5)), rel,
-                lambda: 'there is ' + both(lambda o: NP(o, True)), lambda: both(lambda o: NP(o, False, P(o))) + ' on a dark background']
+                lambda: 'there is ' + both(lambda o: NP(o, True)),
+                lambda: both(lambda o: NP(o, False, P(o))) + ' on a dark background']
     return [pool[i]() for i in rng.sample(range(len(pool)), 5)]
 
 # %% ../nbs/08_caption_data.ipynb #64d810c5
@@ -341,7 +353,8 @@ def load_caption_data(data: str | Path | None = None, flickr8k: str | Path | Non
                       karpathy: str | Path | None = None, images: str | Path | None = None, *, seed: int = 0,
                       limit: int | None = None, allow_outside: bool = False,
                       **shape_kw) -> dict[str, list[CaptionItem]]:
-    "The splits of one source -- a caption folder, Flickr8k (downloaded when missing), a Karpathy split file with its `images` folder, or generated shapes -- each cut to its first `limit` images."
+    """The splits of one source -- a caption folder, Flickr8k (downloaded when missing), a Karpathy split file with its
+    `images` folder, or generated shapes -- each cut to its first `limit` images."""
     if [data is not None, flickr8k is not None, karpathy is not None, bool(shapes)].count(True) != 1:
         raise CapsegError('give exactly one of --data, --flickr8k, --karpathy, --shapes')
     if (karpathy is None) != (images is None): raise CapsegError('--karpathy JSON and --images DIR go together')

@@ -19,8 +19,11 @@ __all__ = ['CAPTION_SCORES', 'build_parser', 'import_error_message', 'demo', 'ru
 
 # %% ../nbs/11_cli.ipynb #e5f99918
 def _output_flags(p: argparse.ArgumentParser, quiet: bool = True):
-    p.add_argument('--json', action='store_true', help='print the metrics as JSON (without the history) instead of a summary')
-    if quiet: p.add_argument('-q', '--quiet', action='store_true', help='no progress bars or per-epoch lines; only the result')
+    p.add_argument('--json', action='store_true',
+                   help='print the metrics as JSON (without the history) instead of a summary')
+    if quiet:
+        p.add_argument('-q', '--quiet', action='store_true',
+                       help='no progress bars or per-epoch lines; only the result')
 
 def _alpha(s: str):
     if s == 'auto': return s
@@ -33,27 +36,33 @@ def _max_npz_bytes(p):
 
 def _mask_args(p, masks_help: str):
     p.add_argument('--masks', nargs='+', metavar='PATH', help=masks_help)
-    p.add_argument('--channel', type=int, metavar='K', help='colour images: use channel K (default: grey by ITU-R BT.601)')
+    p.add_argument('--channel', type=int, metavar='K',
+                   help='colour images: use channel K (default: grey by ITU-R BT.601)')
 
 # %% ../nbs/11_cli.ipynb #f485129e
 def _segment_parser(sub: argparse._SubParsersAction):
-    seg = sub.add_parser('segment', help='unsupervised Chan-Vese segmentation').add_subparsers(dest='action', required=True)
+    seg = (sub.add_parser('segment', help='unsupervised Chan-Vese segmentation')
+           .add_subparsers(dest='action', required=True))
     p = seg.add_parser('train', help='train a segmentation network without masks')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--data', type=Path, help='npz with image_train (and optionally mask_train, image_test, mask_test)')
+    src.add_argument('--data', type=Path,
+                     help='npz with image_train (and optionally mask_train, image_test, mask_test)')
     src.add_argument('--images', nargs='+', metavar='PATH', help='image files, folders (searched recursively), quoted '
                      'globs, or an npz: PNG, JPEG, TIFF (8/16-bit, float, stacks); no masks needed')
     src.add_argument('--shapes', action='store_true', help='generate the noisy-shapes data set (the embedded default)')
-    _mask_args(p, 'optional: they only score the run (matched to --images by relative path or file stem; label images are fine)')
+    _mask_args(p, 'optional: they only score the run '
+                  '(matched to --images by relative path or file stem; label images are fine)')
     p.add_argument('--noise', type=float, default=0.5, help='noise std of --shapes (default 0.5)')
     p.add_argument('--out', type=Path, required=True, help='output folder')
     p.add_argument('--epochs', type=int, help="epochs (default: the architecture's own; for the default, the most it "
                                                  'trains before the held-out risk stops improving)')
     p.add_argument('--arch', choices=['default', 'seed'], default='default', help='network and optimiser recipe')
-    p.add_argument('--alpha', type=_alpha, help="TV weight α, or 'auto' (the default's own: from the images' noise level)")
+    p.add_argument('--alpha', type=_alpha,
+                   help="TV weight α, or 'auto' (the default's own: from the images' noise level)")
     p.add_argument('--lr', type=float, help="learning rate (default: the architecture's own)")
     p.add_argument('--batch-size', type=int, help="images per batch (default: the architecture's own)")
-    p.add_argument('--augment', choices=['dihedral', 'seed', 'none'], help="paired augmentation (default: the architecture's own)")
+    p.add_argument('--augment', choices=['dihedral', 'seed', 'none'],
+                   help="paired augmentation (default: the architecture's own)")
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
     _max_npz_bytes(p)
@@ -83,18 +92,23 @@ def _caption_parser(sub: argparse._SubParsersAction):
         src.add_argument('--data', type=Path, help='folder of images + captions JSON (the seed\'s format)')
         src.add_argument('--flickr8k', type=Path, help='Flickr8k folder (downloaded there when missing)')
         src.add_argument('--karpathy', type=Path, metavar='JSON',
-                         help='a Karpathy split file (dataset_flickr8k.json, dataset_flickr30k.json, dataset_coco.json), with --images')
+                         help='a Karpathy split file (dataset_flickr8k.json, dataset_flickr30k.json, '
+                              'dataset_coco.json), with --images')
         src.add_argument('--shapes', action='store_true', help='generate the captioned-shapes data set')
-        p.add_argument('--images', type=Path, metavar='DIR', help='the image folder of --karpathy (COCO: the one holding train2014/, val2014/)')
-        p.add_argument('--limit', type=int, metavar='N', help='only the first N images of each split (--shapes: generates only those), for a quick run')
+        p.add_argument('--images', type=Path, metavar='DIR',
+                       help='the image folder of --karpathy (COCO: the one holding train2014/, val2014/)')
+        p.add_argument('--limit', type=int, metavar='N',
+                       help='only the first N images of each split (--shapes: generates only those), for a quick run')
         p.add_argument('--allow-outside', action='store_true',
-                       help='accept image paths in the caption data that lead outside its image folder (../, absolute, links)')
+                       help='accept image paths in the caption data that lead outside its image folder '
+                            '(../, absolute, links)')
     def generate_args(p):   # each flag changes one field of the model's generation config (`generation`)
         p.add_argument('--beams', action=_GenerationField, dest='generation', const='num_beams', type=int, metavar='N',
                        help="beam width of caption generation (default: the model's; capseg's is 5)")
         p.add_argument('--max-new-tokens', action=_GenerationField, dest='generation', const='max_new_tokens', type=int,
                        metavar='N', help="longest generated caption, in tokens (default: the model's; capseg's is 30)")
-    p = cap.add_parser('train', help='fine-tune a captioning model (several processes: torchrun --nproc-per-node N capseg caption train ...)')
+    p = cap.add_parser('train', help='fine-tune a captioning model '
+                                     '(several processes: torchrun --nproc-per-node N capseg caption train ...)')
     data_args(p)
     p.add_argument('--model', default='tiny', help="'tiny', a hub name or a save_pretrained folder (default tiny)")
     p.add_argument('--out', type=Path, required=True)
@@ -102,7 +116,8 @@ def _caption_parser(sub: argparse._SubParsersAction):
     p.add_argument('--batch-size', type=int, help='images per batch and process (default: tiny 32, pretrained 8)')
     p.add_argument('--lr', type=float, help='peak learning rate (default: tiny 1.5e-3, pretrained 5e-5)')
     p.add_argument('--accum', type=int, default=1, help='batches per optimiser step (gradient accumulation, default 1)')
-    p.add_argument('--amp', choices=['auto', 'bf16', 'fp16', 'off'], default='auto', help='mixed precision (default auto)')
+    p.add_argument('--amp', choices=['auto', 'bf16', 'fp16', 'off'], default='auto',
+                   help='mixed precision (default auto)')
     p.add_argument('--freeze-encoder', action='store_true', help='train the decoder only')
     p.add_argument('--early-stop', type=int, metavar='N', help='stop after N epochs without a better validation CIDEr')
     generate_args(p)
@@ -320,7 +335,8 @@ def summary(metrics: dict, out: str | Path | None = None, title: str | None = No
     metrics.json."""
     m, rows = metrics, {}
     if 'n_frames' in m:                                       # segmentation on image files: crops of frames
-        rows['data'] = _join([str(m.get('data') or ''), _num(m.get('crop'), 'd') and f"trained on {m['crop']}×{m['crop']} crops"], ': ')
+        rows['data'] = _join([str(m.get('data') or ''),
+                              _num(m.get('crop'), 'd') and f"trained on {m['crop']}×{m['crop']} crops"], ': ')
     elif 'n_train' in m or 'n_test' in m:                     # segmentation
         counts = _join([_num(m.get('n_train'), 'd', ' train'), _num(m.get('n_test') or None, 'd', ' test')], ' + ')
         rows['data'] = _join([str(m.get('data') or ''), counts and f'{counts} images'], ': ')
@@ -347,7 +363,8 @@ def summary(metrics: dict, out: str | Path | None = None, title: str | None = No
     for label, name in (('samples', 'samples.json'), ('metrics', 'metrics.json')):
         if out is not None and (Path(out)/name).is_file(): rows[label] = str(Path(out)/name)
     if out is not None and any((Path(out)/f).exists() for f in ('model.pt', 'checkpoint', 'best')):   # a trained model
-        rows['next'] = f"capseg {'segment' if 'energy' in m or 'test_iou' in m else 'caption'} predict --model {out} IMAGE ..."
+        rows['next'] = (f"capseg {'segment' if 'energy' in m or 'test_iou' in m else 'caption'} predict "
+                        f"--model {out} IMAGE ...")
     return '\n'.join(([title] if title else []) + [f'  {k:<10} {v}' for k, v in rows.items() if v])
 
 # %% ../nbs/11_cli.ipynb #b37371a1

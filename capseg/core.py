@@ -35,7 +35,8 @@ class CapsegError(ValueError):
 
 # %% ../nbs/00_core.ipynb #7d31a71b
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    "The torch device to use: `device`, else `$CAPSEG_DEVICE`, else cuda (this process's GPU under torchrun) > mps > cpu."
+    """The torch device to use: `device`, else `$CAPSEG_DEVICE`, else cuda (this process's GPU under torchrun) > mps >
+    cpu."""
     device = device or os.environ.get('CAPSEG_DEVICE')
     if device: return torch.device(device)
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
@@ -45,7 +46,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 # %% ../nbs/00_core.ipynb #75eb5a7c
 def world_size() -> int:
     "Number of processes: the process group's size once joined, else torchrun's `WORLD_SIZE`, else 1."
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_world_size()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
     return int(os.environ.get('WORLD_SIZE', 1))
 
 def rank() -> int:
@@ -176,10 +178,12 @@ except ImportError: from numpy.core.multiarray import _reconstruct
 SAFE_GLOBALS = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 def load_weights(path: str | Path, what: str = 'model file'):
-    "`torch.load` a file with `weights_only=True` and `SAFE_GLOBALS`; a refused or broken file is a one-line `CapsegError`."
+    """`torch.load` a file with `weights_only=True` and `SAFE_GLOBALS`; a refused or broken file is a one-line
+    `CapsegError`."""
     path = regular_file(path, what)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS): return torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         raise CapsegError(f'{path}: refused to open this {what}: it holds code or objects other than tensors and plain '
                           f'data ({first_line(e, 120)})') from None
@@ -194,7 +198,8 @@ _KINDS = {stat.S_ISDIR: 'a folder', stat.S_ISFIFO: 'a FIFO', stat.S_ISCHR: 'a ch
           stat.S_ISBLK: 'a block device', stat.S_ISSOCK: 'a socket'}
 
 def inside(root: str | Path, relative: str | Path) -> Path:
-    "`root/relative`, refused with a one-line `CapsegError` unless it lies inside `root` once links and `..` are resolved."
+    """`root/relative`, refused with a one-line `CapsegError` unless it lies inside `root` once links and `..` are
+    resolved."""
     real_root, path = os.path.realpath(root), Path(root) / relative
     if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
         raise CapsegError(f'{relative}: refused, it would be written outside {root}')
@@ -221,7 +226,8 @@ def _npy_header(f) -> tuple[tuple, bool, np.dtype]:
     return read(f)
 
 def npz_arrays(path: str | Path, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, tuple[tuple, np.dtype]]:
-    "`{name: (shape, dtype)}` of an npz file's arrays, from its headers alone; a one-line `CapsegError` if unsafe or broken."
+    """`{name: (shape, dtype)}` of an npz file's arrays, from its headers alone; a one-line `CapsegError` if unsafe or
+    broken."""
     import zipfile
     path = regular_file(path, 'npz file')
     try:
@@ -290,7 +296,8 @@ def claim_output(out: str | Path, *, probe_bytes: int = PROBE_BYTES):
 # %% ../nbs/00_core.ipynb #5b921bfb
 @contextmanager
 def staged(out: str | Path, replaces=(), last: str = 'metrics.json'):
-    "A fresh folder for a run's results; on success they replace those in `out` (`last` last; `replaces` not written removed)."
+    """A fresh folder for a run's results; on success they replace those in `out` (`last` last; `replaces` not written
+    removed)."""
     out = Path(out)
     stage = out / STAGING
     shutil.rmtree(stage, ignore_errors=True)

@@ -45,7 +45,8 @@ def _treebank():
     return TreebankWordTokenizer()
 
 def tokenize(captions: list[str], java: bool | None = None) -> list[str]:
-    "Captions lower-cased, tokenised, punctuation removed, tokens joined by spaces: by pycocoevalcap's PTB tokenizer where Java is installed (`java=None`) or asked for (`True`), else by nltk's Treebank tokenizer."
+    """Captions lower-cased, tokenised, punctuation removed, tokens joined by spaces: by pycocoevalcap's PTB tokenizer
+    where Java is installed (`java=None`) or asked for (`True`), else by nltk's Treebank tokenizer."""
     if java is None: java = have_java()
     if java:
         with _no_stderr(): out = PTBTokenizer().tokenize({i: [{'caption': c}] for i, c in enumerate(captions)})
@@ -57,9 +58,11 @@ def tokenize(captions: list[str], java: bool | None = None) -> list[str]:
 SEED_BLEU_WEIGHTS = [(1, 0, 0, 0), (.5, .5, 0, 0), (.33, .33, .33, 0), (.25, .25, .25, .25)]
 
 def seed_bleu(predictions: list[str], references: list[list[str]]) -> dict:
-    "`seed_bleu1`..`seed_bleu4`: nltk `corpus_bleu` with `SmoothingFunction().method4` on lower-cased whitespace-split words, as the seed computed BLEU."
+    """`seed_bleu1`..`seed_bleu4`: nltk `corpus_bleu` with `SmoothingFunction().method4` on lower-cased whitespace-split
+    words, as the seed computed BLEU."""
     from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
-    scores = corpus_bleu([[r.lower().split() for r in rs] for rs in references], [p.lower().split() for p in predictions],
+    scores = corpus_bleu([[r.lower().split() for r in rs] for rs in references],
+                         [p.lower().split() for p in predictions],
                          weights=SEED_BLEU_WEIGHTS, smoothing_function=SmoothingFunction().method4)
     return {f'seed_bleu{n}': float(b) for n, b in enumerate(scores, 1)}
 
@@ -85,7 +88,9 @@ def _meteor(gts: dict, res: dict, scorer: Meteor) -> float | None:
 
 def caption_metrics(predictions: list[str], references: list[list[str]], objects: list[list[dict]] | None = None,
                     meteor: bool | None = None) -> dict:
-    "pycocoevalcap's `bleu1`..`bleu4`, `meteor`, `rouge_l`, `cider` (CIDEr-D) of one caption per image against its references; the seed's `seed_bleu1`..`seed_bleu4`; `attribute_accuracy` when the `objects` are known. `meteor=None`: on unless the environment says `CAPSEG_METEOR=0`."
+    """pycocoevalcap's `bleu1`..`bleu4`, `meteor`, `rouge_l`, `cider` (CIDEr-D) of one caption per image against its
+    references; the seed's `seed_bleu1`..`seed_bleu4`; `attribute_accuracy` when the `objects` are known.
+    `meteor=None`: on unless the environment says `CAPSEG_METEOR=0`."""
     if len(predictions) != len(references):
         raise CapsegError(f'{len(predictions)} predictions but {len(references)} reference lists: one per image')
     if not predictions: raise CapsegError('no captions to score')

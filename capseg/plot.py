@@ -80,7 +80,8 @@ def plot_curves(history: History | dict, path: str | Path | None = None, names: 
 
 # %% ../nbs/03_plot.ipynb #5760f301
 def image_grid(rows: dict[str, np.ndarray], path: str | Path | None = None, *, cmap: str = 'gray',
-               vmin: float | None = None, vmax: float | None = None, size: float = 1.2, title: str | None = None) -> Figure:
+               vmin: float | None = None, vmax: float | None = None, size: float = 1.2,
+               title: str | None = None) -> Figure:
     "A grid with one labelled row per entry of `rows` (each N×H×W grey or N×H×W×3 colour images), N columns."
     n = max(len(v) for v in rows.values())
     fig = _figure(figsize=(size * n + 1, size * len(rows)), layout='constrained')

@@ -20,9 +20,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .images import IMAGE_SUFFIXES, frame_count
-from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, cpu_threads, gather_objects,
-                   init_distributed, is_main_process, load_json, npz_arrays, progress, rank, regular_file, save_json,
-                   world_size)
+from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, cpu_threads,
+                   gather_objects, init_distributed, is_main_process, load_json, npz_arrays, progress, rank,
+                   regular_file, save_json, world_size)
 
 # %% auto #0
 __all__ = ['NPZ_KEYS', 'PNG_BLOCK', 'RESULTS', 'Item', 'record_id', 'expand_inputs', 'in_memory_images', 'npz_images',
@@ -31,7 +31,8 @@ __all__ = ['NPZ_KEYS', 'PNG_BLOCK', 'RESULTS', 'Item', 'record_id', 'expand_inpu
 # %% ../nbs/04_predict.ipynb #adceffb3
 @dataclass(frozen=True, slots=True)
 class Item:
-    "One input: an image file, frame `index` of a TIFF stack, or image `index` of array `key` of an npz file; `error`: why it cannot be read."
+    """One input: an image file, frame `index` of a TIFF stack, or image `index` of array `key` of an npz file; `error`:
+    why it cannot be read."""
     path: str                    # as given or found, normalised (`os.path.normpath`)
     name: str = ''               # unique among the inputs, relative to their common folder, no suffix
     index: int | None = None
@@ -87,7 +88,8 @@ def _not_regular(path: str) -> str | None:
 
 # %% ../nbs/04_predict.ipynb #00d55145
 def _stack_items(path: str, name: str) -> list[Item]:
-    "One item per frame of a multi-frame TIFF file, with its `index`; any other file (or an unreadable one) as one item."
+    """One item per frame of a multi-frame TIFF file, with its `index`; any other file (or an unreadable one) as one
+    item."""
     suffix = os.path.splitext(path)[1]
     try: count = frame_count(path) if suffix.lower() in (".tif", ".tiff") else 1
     except CapsegError: count = 1                   # it fails when it is read, with its reason in its record
@@ -113,7 +115,8 @@ def expand_inputs(inputs, npz: bool = False, skip=None, max_npz_bytes: int = MAX
     names = dict(zip(ok, _names(ok)))
     items = []
     for path, error in found:
-        if error is None and npz and path.lower().endswith('.npz'): items += _npz_items(path, names[path], max_npz_bytes)
+        if error is None and npz and path.lower().endswith('.npz'):
+            items += _npz_items(path, names[path], max_npz_bytes)
         elif error is None and stacks: items += _stack_items(path, names[path])
         else: items.append(Item(path, names.get(path, ''), error=error))
     return items
@@ -143,7 +146,8 @@ def npz_images(path, max_bytes: int = MAX_NPZ_BYTES) -> tuple[str, int]:
     key = next((k for k in NPZ_KEYS if k in arrays), next(iter(arrays)) if len(arrays) == 1 else None)
     if key is None: raise CapsegError(f'no images array ({", ".join(NPZ_KEYS)}) among {", ".join(arrays) or "none"}')
     shape, dtype = arrays[key]
-    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
+    if (dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == bool)
+            or np.issubdtype(dtype, np.complexfloating)):
         raise CapsegError(f'{key} has dtype {dtype}; images must be real numbers')
     if not (len(shape) in (2, 3) or (len(shape) == 4 and 1 in (shape[1], shape[3]))):
         raise CapsegError(f'{key} has shape {shape}; need N×H×W grey images (or N×1×H×W, N×H×W×1, H×W)')
@@ -360,7 +364,8 @@ class Predictions:
 
     def _stream(self, mine: list[Item]) -> Iterator[dict]:
         "Load, predict, append and yield the records of `mine`, batch by batch."
-        target = None if self.out is None else self.out / (RESULTS if world_size() == 1 else f'predictions.part{rank()}.jsonl')
+        target = None if self.out is None else self.out / (RESULTS if world_size() == 1
+                                                           else f'predictions.part{rank()}.jsonl')
         loader = DataLoader(_Loading(mine, self.load), batch_size=self.batch_size, collate_fn=list,
                             num_workers=self.workers if len(mine) > self.batch_size else 0,
                             worker_init_fn=partial(_die_with_parent, os.getpid()))

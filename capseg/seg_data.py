@@ -38,7 +38,8 @@ class SegData:
         if name not in ('train', 'test'): raise ValueError(f'split must be train or test, not {name!r}')
         return getattr(self, f'image_{name}'), getattr(self, f'mask_{name}')
 
-    def arrays(self) -> dict[str, np.ndarray]: return {k: getattr(self, k) for k in SEG_KEYS if getattr(self, k) is not None}
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in SEG_KEYS if getattr(self, k) is not None}
 
     def __eq__(self, other):
         same = lambda a, b: (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
@@ -107,7 +108,8 @@ def validate_seg_arrays(arrays, source: str = 'arrays', need=('image_train',), l
 
 # %% ../nbs/02_seg_data.ipynb #25238c49
 def load_seg_npz(path: str | Path, max_bytes: int = MAX_NPZ_BYTES, need=('image_train',)) -> SegData:
-    "Load and validate a segmentation npz (see the table above; keys `need` required), at most `max_bytes` decompressed."
+    """Load and validate a segmentation npz (see the table above; keys `need` required), at most `max_bytes`
+    decompressed."""
     path = regular_file(path, 'npz file')
     if not zipfile.is_zipfile(path):
         with open(path, 'rb') as f: head = f.read(6)
@@ -135,7 +137,8 @@ def save_seg_npz(data: SegData | dict, path: str | Path, compressed: bool = True
 SHAPES = ('rectangle', 'circle', 'triangle', 'ellipse')
 
 def draw_shape(kind: str, rng: np.random.Generator, size: int = 32, scale: float = 1.0) -> np.ndarray:
-    "A `size`×`size` uint8 mask of one random shape of `kind` (one of `SHAPES`), drawn with `rng`, `scale` × the usual size."
+    """A `size`×`size` uint8 mask of one random shape of `kind` (one of `SHAPES`), drawn with `rng`, `scale` × the usual
+    size."""
     m = np.zeros((size, size), np.uint8)
     s = size / 32 * scale                            # sizes are given for 32×32 and scale with the image
     fit = lambda r: min(r, size / 2 - 1.5)           # a shape always fits wholly inside the image
@@ -173,7 +176,8 @@ def make_shapes_split(n: int, noise=0.5, size: int = 32, seed: int = 0, split: i
     `noise`, `scale`, `background` and `contrast` are numbers or `(low, high)` ranges drawn per image; `n_shapes` an
     int or an inclusive `(low, high)` range of shapes per image (the mask is their union); `polarity` is `'bright'`
     (shapes brighter than the background), `'dark'` or `'both'` (drawn per image)."""
-    if polarity not in ('bright', 'dark', 'both'): raise CapsegError(f"polarity must be bright, dark or both, not {polarity!r}")
+    if polarity not in ('bright', 'dark', 'both'):
+        raise CapsegError(f"polarity must be bright, dark or both, not {polarity!r}")
     rng = np.random.default_rng([seed, split])
     vary = np.random.default_rng([seed, split, 1])    # everything beyond the seed's distribution: rng stays as it was
     kinds = np.arange(n) % len(SHAPES)
@@ -191,7 +195,8 @@ def make_shapes_split(n: int, noise=0.5, size: int = 32, seed: int = 0, split: i
     images = clean + rng.normal(0.0, 1.0, masks.shape) * sigma
     return images.astype(np.float32), masks, kinds
 
-def make_shapes(n_train: int = 1000, n_test: int = 1000, noise=0.5, size: int = 32, seed: int = 0, **variety) -> SegData:
+def make_shapes(n_train: int = 1000, n_test: int = 1000, noise=0.5, size: int = 32, seed: int = 0,
+                **variety) -> SegData:
     """The noisy-shapes data set: `n_train` + `n_test` images of `size`×`size`, Gaussian noise of std `noise` (a number
     or a per-image `(low, high)` range). Without `variety` it is the seed's distribution (one bright shape of value 1
     on 0); `variety` takes `make_shapes_split`'s `n_shapes`, `scale`, `polarity`, `background` and `contrast`."""

@@ -40,8 +40,8 @@ def region_means(image: torch.Tensor, p: torch.Tensor, eps: float = 1e-8):
 
 def chan_vese_loss(image: torch.Tensor, p: torch.Tensor, alpha: float, eps: float = 1e-8):
     """Chan–Vese energy of `p` (N×1×H×W or N×H×W, in [0, 1]) for `image` (same shape).
-    Returns `(total, fidelity, regularization)`: `total` is a scalar, the batch mean of fidelity + `alpha`·regularization;
-    `fidelity` and `regularization` are per image (shape N)."""
+    Returns `(total, fidelity, regularization)`: `total` is a scalar, the batch mean of fidelity +
+    `alpha`·regularization; `fidelity` and `regularization` are per image (shape N)."""
     image, p = _nchw(image), _nchw(p)
     if image.shape != p.shape: raise ValueError(f'image {tuple(image.shape)} and p {tuple(p.shape)} differ in shape')
     dims = (1, 2, 3)
@@ -167,7 +167,8 @@ class CVNet(_PaddedNet):
         super().__init__()
         c = tuple(widths)
         self.multiple = 2 ** (len(c) - 1)
-        self.encoder = nn.Sequential(conv_bn_relu(1, c[0]), *[conv_bn_relu(c[i], c[i + 1], 2) for i in range(len(c) - 1)])
+        self.encoder = nn.Sequential(conv_bn_relu(1, c[0]),
+                                     *[conv_bn_relu(c[i], c[i + 1], 2) for i in range(len(c) - 1)])
         up, cin = [], c[-1]
         for i in range(len(c) - 2, 0, -1):                   # up to level i: half of the encoder's channels there
             up += [_up(), conv_bn_relu(cin, c[i] // 2)]
@@ -190,7 +191,8 @@ class Recipe:
     alpha_ramp: float = 0.0           # share of the steps over which alpha rises from 0 to its value
     batch_size: int = 32
     epochs: int = 275                 # with `steps` or `patience`: at most this many
-    steps: int = 0                    # train for about this many optimiser steps, whatever the data's size (0: `epochs`)
+    # train for about this many optimiser steps, whatever the data's size (0: `epochs`)
+    steps: int = 0
     augment: str | None = 'seed'      # one of AUGMENTATIONS
     normalize: bool = False
     threads: int | None = None        # CPU threads for torch (None: torch's default, one per core)
@@ -218,7 +220,8 @@ def build_net(net: str, widths) -> nn.Module:
 def make_optimizer(model: nn.Module, recipe: Recipe, steps: int):
     "The recipe's optimiser and (per-step) scheduler, or None."
     if recipe.optimizer == 'sgd':
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay)
     elif recipe.optimizer == 'adamw':
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     else: raise ValueError(f'unknown optimizer {recipe.optimizer!r}')
@@ -258,7 +261,8 @@ def score(x: torch.Tensor, p: torch.Tensor, masks, alpha: float, batch: int = IO
 
 # %% ../nbs/05_seg_model.ipynb #7e471352
 def fused_for_inference(net: nn.Module) -> nn.Module:
-    "`net` in eval mode with each BatchNorm folded into the convolution before it, in channels-last memory format (changes `net`)."
+    """`net` in eval mode with each BatchNorm folded into the convolution before it, in channels-last memory format
+    (changes `net`)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
     net.eval()
     for block in net.modules():
@@ -269,7 +273,8 @@ def fused_for_inference(net: nn.Module) -> nn.Module:
     return net.to(memory_format=torch.channels_last)
 
 def images_per_second(model: nn.Module, x: torch.Tensor, repeats: int = 5, batch_size: int = 256) -> float:
-    "Inference throughput on `x` (best of `repeats` passes after a warm-up) of a fused copy of `model`, images per second."
+    """Inference throughput on `x` (best of `repeats` passes after a warm-up) of a fused copy of `model`, images per
+    second."""
     net, x = fused_for_inference(copy.deepcopy(model)), x.contiguous(memory_format=torch.channels_last)
     infer(net, x[:batch_size], batch_size)
     best = math.inf
@@ -305,7 +310,8 @@ def baseline_scores(images, masks, method: str = 'blur_otsu') -> dict:
 
 # %% ../nbs/05_seg_model.ipynb #6f943bf3
 PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting images whole, in batches
-TILE = 512                  # side of the tiles of a large image: measured fastest on a 2-core CPU (caches), overlap included
+# side of the tiles of a large image: measured fastest on a 2-core CPU (caches), overlap included
+TILE = 512
 
 def receptive_field(net: nn.Module) -> int:
     "Side (px) of the input window one output pixel of `net` depends on: its convolutions and upsamplings, in order."
@@ -325,7 +331,8 @@ def tiling(net: nn.Module, tile: int | None = None) -> tuple[int, int, int]:
     overlap = -(-max(64, 2 * field) // m) * m
     side = tile or max(TILE, 4 * overlap)
     side -= side % m
-    if side < 2 * overlap: raise CapsegError(f'tile={tile}: tiles of this network need at least {2 * overlap} px a side')
+    if side < 2 * overlap:
+        raise CapsegError(f'tile={tile}: tiles of this network need at least {2 * overlap} px a side')
     return side, overlap, math.ceil(field / 2)
 
 def _starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -342,7 +349,8 @@ def _weights(i: int, count: int, length: int, ramp: np.ndarray) -> np.ndarray:
 # %% ../nbs/05_seg_model.ipynb #ecc30818
 def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overlap: int,
                  margin: int) -> Iterator[tuple[int, np.ndarray]]:
-    "The blended probability of an image as `(first row, rows)` bands, in order; `region(rows, cols)`: its tensor there."
+    """The blended probability of an image as `(first row, rows)` bands, in order; `region(rows, cols)`: its tensor
+    there."""
     (h, w), t = shape, (np.arange(overlap) + 0.5 - margin) / (overlap - 2 * margin)
     ramp = (np.sin(np.clip(t, 0, 1) * np.pi / 2) ** 2).astype(np.float32)
     rows, cols = _starts(h, tile, overlap), _starts(w, tile, overlap)
@@ -365,9 +373,11 @@ def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overl
         yield top, band[:done]
 
 def tiled_probability(net: nn.Module, x: np.ndarray, tile: int | None = None) -> np.ndarray:
-    "The probability map (H×W float32) of one image `x` in the network's units: whole, or over blended tiles when large."
+    """The probability map (H×W float32) of one image `x` in the network's units: whole, or over blended tiles when
+    large."""
     side, overlap, margin = tiling(net, tile)
-    if x.shape[0] * x.shape[1] <= side * side: return infer(net, torch.from_numpy(np.ascontiguousarray(x))[None, None])[0, 0].numpy()
+    if x.shape[0] * x.shape[1] <= side * side:
+        return infer(net, torch.from_numpy(np.ascontiguousarray(x))[None, None])[0, 0].numpy()
     region = lambda rows, cols: torch.from_numpy(np.ascontiguousarray(x[rows, cols]))[None, None]
     return np.concatenate([band for _, band in _tiled_bands(net, region, x.shape, side, overlap, margin)])
 

@@ -46,14 +46,18 @@ def _match_masks(items: list[Item], masks) -> list[str | None]:
     matched = [by_name.get(it.name) or by_stem.get(_stem(it.name)) for it in items]
     if not any(matched): raise CapsegError('no mask matches an image (masks are matched by relative path or file stem)')
     unused = {m.path for m in found} - set(matched)
-    if unused: raise CapsegError(f'{sorted(unused)[0]}: matches no image' + (f' (and {len(unused) - 1} more)' if len(unused) > 1 else ''))
+    if unused:
+        raise CapsegError(f'{sorted(unused)[0]}: matches no image' + (f' (and {len(unused) - 1} more)'
+                                                                      if len(unused) > 1 else ''))
     return matched
 
 def load_frames(images, masks=None, channel: int | None = None, levels=(1.0, 99.8)) -> FrameSet:
-    "Image files, folders (searched recursively) and globs as a `FrameSet`, a frame per stack page; masks matched to them."
+    """Image files, folders (searched recursively) and globs as a `FrameSet`, a frame per stack page; masks matched to
+    them."""
     items = expand_inputs(images)
     bad = [it for it in items if it.error]
-    if bad: raise CapsegError(f'{bad[0].path}: {bad[0].error}' + (f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''))
+    if bad:
+        raise CapsegError(f'{bad[0].path}: {bad[0].error}' + (f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''))
     counts = [frame_count(it.path) for it in items]              # headers only: a broken file stops here, in one line
     frames = [(it.path, k) for it, n in zip(items, counts) for k in range(n)]
     mask_frames = None
@@ -153,7 +157,8 @@ def _setup_arrays(d: SegData, recipe: Recipe, seed: int, gen: torch.Generator) -
 # %% ../nbs/06_seg_train.ipynb #4a48886c
 class _CropPairs(Dataset):
     "`RandomCrops` as (image, mask) `tv_tensors` pairs in the network's units, transformed together."
-    def __init__(self, crops: RandomCrops, norm: dict, transform=None): self.crops, self.norm, self.transform = crops, norm, transform
+    def __init__(self, crops: RandomCrops, norm: dict, transform=None):
+        self.crops, self.norm, self.transform = crops, norm, transform
     def __len__(self): return len(self.crops)
     def set_epoch(self, epoch: int): self.crops.set_epoch(epoch)
     def __getitem__(self, k):
@@ -182,7 +187,8 @@ def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) 
     sample = _crop_stack(f, side, only(fit), seed + 2, 64)
     norm = dict(mean=float(sample.mean()), std=float(sample.std()) or 1.0)
     _check_range(torch.from_numpy((sample - norm['mean']) / norm['std']), norm, f.source, sample)
-    x_held = normalize(_crop_stack(f, side, only(held), seed + 1, 64), norm) if recipe.holdout else torch.zeros(0, 1, side, side)
+    x_held = (normalize(_crop_stack(f, side, only(held), seed + 1, 64), norm) if recipe.holdout
+              else torch.zeros(0, 1, side, side))
     sigma = float(np.median(noise_sigma(normalize(sample, norm)[:, 0].numpy())))
     pairs = _CropPairs(RandomCrops(f, side, only(fit), seed), norm, seg_transforms(recipe.augment, (side, side)))
     loader = DataLoader(pairs, batch_size=batch, shuffle=False, collate_fn=_collate, drop_last=len(pairs) > batch)
@@ -331,7 +337,8 @@ class _Diverged(Exception):
 def _log_epoch(nets: list[_Candidate], logs: list[dict], setup: _Setup):
     "Each candidate's training curves, and its test curves where the data has test masks (they score, never steer)."
     for net, log in zip(nets, logs):
-        test = None if setup.test is None else score(setup.test[0], infer(net.model, setup.test[0]), setup.test[1], setup.alpha)
+        test = None if setup.test is None else score(setup.test[0], infer(net.model, setup.test[0]), setup.test[1],
+                                                     setup.alpha)
         for k, v in log.items(): net.history.add(f'train/{k}', v)
         if test is not None:
             for k in log: net.history.add(f'test/{k}', test[k])
@@ -347,7 +354,8 @@ def _resume(state: _State, path: Path, recipe: Recipe, setup: _Setup, info: _Set
     "Continue from checkpoint `path` if there is one (the same data and settings, else one line naming what differs)."
     if not path.exists(): return warn(f'no checkpoint in {path.parent}: starting from scratch')
     ck = load_weights(path, 'checkpoint')
-    _check_resume(ck, path, recipe, arch=info.arch, supervised=info.supervised, seed=info.seed, fingerprint=info.fingerprint)
+    _check_resume(ck, path, recipe, arch=info.arch, supervised=info.supervised, seed=info.seed,
+                  fingerprint=info.fingerprint)
     device = next(state.nets[0].model.parameters()).device
     state.nets = [_Candidate(recipe, s['widths'], setup.steps, device) for s in ck['nets']]
     for net, s in zip(state.nets, ck['nets']): net.load(s)
@@ -375,7 +383,8 @@ def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = Tr
                               'lower the learning rate or alpha') from None
         for net in state.nets:
             if len(setup.held): net.end_epoch(epoch + 1, setup.held, setup.sigma, info.seed)
-        if screen_at and epoch + 1 >= screen_at: (state.nets, state.selection), screen_at = _screen(state.nets, epoch + 1), None
+        if screen_at and epoch + 1 >= screen_at:
+            (state.nets, state.selection), screen_at = _screen(state.nets, epoch + 1), None
         state.train_seconds += time.perf_counter() - t0
         state.cpu_seconds += time.process_time() - c0
         _log_epoch(state.nets, logs, setup)
@@ -403,7 +412,8 @@ def _border_high(p: torch.Tensor) -> bool:
 
 def _grid(rows: dict, flip: bool, path, title: str):
     "The results figure: image, probability, the binary mask (flipped where `flip`) and, where given, the mask."
-    rows = {'image': rows['image'], 'probability': rows['p'], 'binary': [((1 - p) if flip else p) > 0.5 for p in rows['p']],
+    rows = {'image': rows['image'], 'probability': rows['p'],
+            'binary': [((1 - p) if flip else p) > 0.5 for p in rows['p']],
             **({'mask': rows['mask']} if rows.get('mask') is not None else {})}
     image_grid(rows, path, title=title)
 
@@ -417,7 +427,8 @@ def _split_results(model, x: torch.Tensor, masks, setup: _Setup, flip: bool | No
     if masks is not None:
         s = score(x, p, masks, setup.alpha)
         r.update(iou=s['iou_batch_level'], iou_per_image=s['iou_per_image'], loss=float(np.mean(s['loss'])),
-                 flipped_batches=s['flipped_batches'], flip_shown=batch_flip(p[:10], _nchw(torch.as_tensor(masks[:10])))[1])
+                 flipped_batches=s['flipped_batches'],
+                 flip_shown=batch_flip(p[:10], _nchw(torch.as_tensor(masks[:10])))[1])
         rows['mask'] = np.asarray(masks[:10])
     return r, rows
 
@@ -511,13 +522,15 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
     net = state.nets[0]
     if net.best is not None: net.model.load_state_dict(net.best['state'])
     with staged(out, replaces=RESULT_FILES) as stage:
-        results = (_results_arrays if isinstance(data, SegData) else _results_frames)(net.model, data, setup, stage, figures)
+        results = (_results_arrays if isinstance(data, SegData)
+                   else _results_frames)(net.model, data, setup, stage, figures)
         flip = results.pop('flip')
-        atomic_torch_save(model_record(net.model, recipe, setup.norm, net.widths, setup.alpha, arch=info.arch, flip=flip,
-                                       epochs=net.history.epochs, data_source=data.source, supervised=info.supervised,
-                                       inputs=_inputs(data)), stage / 'model.pt')
-        metrics = dict(**results, holdout_risk=net.best['risk'] if net.best else None, train_seconds=state.train_seconds,
-                       train_cpu_seconds=state.cpu_seconds, epochs=net.history.epochs, arch=info.arch,
+        atomic_torch_save(model_record(net.model, recipe, setup.norm, net.widths, setup.alpha, arch=info.arch,
+                                       flip=flip, epochs=net.history.epochs, data_source=data.source,
+                                       supervised=info.supervised, inputs=_inputs(data)), stage / 'model.pt')
+        metrics = dict(**results, holdout_risk=net.best['risk'] if net.best else None,
+                       train_seconds=state.train_seconds, train_cpu_seconds=state.cpu_seconds,
+                       epochs=net.history.epochs, arch=info.arch,
                        supervised=info.supervised, seed=info.seed, alpha=setup.alpha, widths=list(net.widths),
                        epochs_planned=setup.epochs, noise_sigma=setup.sigma * setup.norm['std'],
                        alpha_rule=f'kappa {recipe.kappa:g} × noise variance' if recipe.alpha == 'auto' else 'given',
@@ -533,13 +546,14 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
         save_json(metrics, stage / 'metrics.json')
     return metrics
 
-IOU_DEFINITION = ('flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 test images (the seed\'s '
-                  'batch-level choice), mean over images; *_per_image: flip chosen per image; iou (frames): one flip for '
-                  'all frames with masks')
+IOU_DEFINITION = ('flip-invariant IoU in %, threshold 0.5; test_iou: flip chosen per batch of 32 test images '
+                  '(the seed\'s batch-level choice), mean over images; *_per_image: flip chosen per image; '
+                  'iou (frames): one flip for all frames with masks')
 
 # %% ../nbs/06_seg_train.ipynb #604855e3
 def _curves(history: History, path: Path, arch: str):
-    names = [n for n in ('loss', 'fidelity', 'regularization', 'iou', 'risk') if any(k.endswith('/' + n) for k in history.keys())]
+    names = [n for n in ('loss', 'fidelity', 'regularization', 'iou', 'risk')
+             if any(k.endswith('/' + n) for k in history.keys())]
     plot_curves(history, path, names=names, ncols=len(names),
                 title=f'{arch}: mean ± std over batches; risk: SURE on held-out training images')
 
@@ -551,7 +565,8 @@ def _fingerprint(d) -> str:
         for k, a in d.arrays().items(): h.update(k.encode()); h.update(np.ascontiguousarray(a).tobytes())
     else:
         for f in d.frames:
-            if isinstance(f, tuple): h.update(f'{f[0]}:{f[1]}:{os.stat(f[0]).st_size}:{os.stat(f[0]).st_mtime_ns}'.encode())
+            if isinstance(f, tuple):
+                h.update(f'{f[0]}:{f[1]}:{os.stat(f[0]).st_size}:{os.stat(f[0]).st_mtime_ns}'.encode())
             else: h.update(np.ascontiguousarray(f).tobytes())
     return h.hexdigest()[:16]
 
@@ -567,7 +582,8 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     model.pt, metrics.json and the figures into `out`; return the metrics. The global random generators are seeded
     for the run and restored afterwards; every option is described in the notebook."""
     t_start = time.perf_counter()
-    from torchvision.transforms import v2  # noqa: F401 -- the augmentation's: a broken install stops here, before any work
+    # the augmentation's: a broken install stops here, before any work
+    from torchvision.transforms import v2  # noqa: F401
     if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
     d = _resolve_data(data, images, masks, shapes=shapes, noise=noise, channel=channel, max_npz_bytes=max_npz_bytes)
     given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)

@@ -44,10 +44,13 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
 
 def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
-    "Score the model in folder `model` on the test split of npz `data`, or on `images` against `masks`; writes metrics.json."
+    """Score the model in folder `model` on the test split of npz `data`, or on `images` against `masks`; writes
+    metrics.json."""
     if model is None: raise CapsegError('give --model DIR (a folder written by `capseg segment train`)')
-    if (data is None) == (images is None): raise CapsegError('give --data FILE.npz, or --images PATH... with --masks PATH...')
-    if images is not None and masks is None: raise CapsegError('--images needs --masks: eval scores images against their masks')
+    if (data is None) == (images is None):
+        raise CapsegError('give --data FILE.npz, or --images PATH... with --masks PATH...')
+    if images is not None and masks is None:
+        raise CapsegError('--images needs --masks: eval scores images against their masks')
     net, rec = load_model(model, device)
     if images is None: d = load_seg_npz(data, max_npz_bytes, need=('image_test', 'mask_test'))
     else: d = load_frames(images, masks, **_reading(rec, channel))
@@ -57,7 +60,8 @@ def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | N
 def _reading(rec: dict, channel: int | None) -> dict:
     "How the model reads image files: `load_frames`' channel and percentile levels (see `_inputs`)."
     inputs = rec.get('inputs')
-    if not inputs: raise CapsegError('this model was trained on arrays in their own units (an npz): score it with --data')
+    if not inputs:
+        raise CapsegError('this model was trained on arrays in their own units (an npz): score it with --data')
     return dict(channel=inputs['channel'] if channel is None else channel, levels=(inputs['low'], inputs['high']))
 
 def _save_eval(result: dict, model, out):
@@ -135,7 +139,8 @@ def _prepare(frame, rec: dict, channel: int | None = None, npz: bool = False) ->
     if frame.dtype.kind not in 'biuf' or frame.ndim not in (2, 3):
         raise CapsegError(f'an image must be H×W or H×W×C real numbers, not {frame.dtype} of shape {frame.shape}')
     if min(frame.shape[:2]) < MIN_SIZE:
-        raise CapsegError(f'an image of {frame.shape[0]}×{frame.shape[1]} px; the network needs at least {MIN_SIZE}×{MIN_SIZE}')
+        raise CapsegError(f'an image of {frame.shape[0]}×{frame.shape[1]} px; '
+                          f'the network needs at least {MIN_SIZE}×{MIN_SIZE}')
     if frame.dtype.kind == 'f' and not np.isfinite(frame).all(): raise CapsegError('NaN or infinite values')
     inputs, norm = rec.get('inputs'), {k: float(v) for k, v in rec['norm'].items()}
     channel = (inputs or {}).get('channel') if channel is None else channel
@@ -207,7 +212,8 @@ def _segment_batch(net, rec, out, items, images, *, tiles: tuple, foreground: st
     record = lambda bands, k: _record(bands, images[k], items[k], out, bool(rec.get('flip')), foreground=foreground,
                                       save_prob=save_prob)
     for k, im in enumerate(images):
-        if im.shape[0] * im.shape[1] > side * side: records[k] = record(_tiled_bands(net, im.network, im.shape, *tiles), k)
+        if im.shape[0] * im.shape[1] > side * side:
+            records[k] = record(_tiled_bands(net, im.network, im.shape, *tiles), k)
         else: sizes.setdefault(im.shape, []).append(k)
     for (h, w), ks in sizes.items():
         x = torch.cat([images[k].network() for k in ks]).contiguous(memory_format=torch.channels_last)
@@ -243,7 +249,8 @@ def predict(model, inputs, out=None, device=None, *, batch_size: int = 64, worke
     net, rec = load_model(model, device)
     net = fused_for_inference(net)      # measured on a CPU: 32×32 images 1.7× faster in channels-last, BatchNorm folded
     options = dict(tiles=tiling(net, tile), foreground=foreground)
-    if arrays is not None: return _predict_arrays(net, rec, *arrays, out=out, channel=channel, save_prob=save_prob, **options)
+    if arrays is not None:
+        return _predict_arrays(net, rec, *arrays, out=out, channel=channel, save_prob=save_prob, **options)
     items = expand_inputs(inputs, npz=True, skip=out, max_npz_bytes=max_npz_bytes, stacks=True)
     return Predictions(items, partial(_load_input, rec=rec, channel=channel),
                        partial(_segment_batch, net, rec, out, save_prob=save_prob, **options), out=out,
