@@ -10,10 +10,11 @@ CHROMIUM, DRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium + chromium-driver not installed")
 
 # page → an API entry it must document
-MODULE_PAGES = {'core.html': 'History', 'seg_data.html': 'load_seg_npz', 'segment.html': 'chan_vese_loss',
+MODULE_PAGES = {'core.html': 'History', 'images.html': 'read_image', 'seg_data.html': 'load_seg_npz',
+                'seg_model.html': 'chan_vese_loss', 'seg_train.html': 'train', 'segment.html': 'load_model',
                 'caption_data.html': 'parse_flickr8k_tokens', 'caption.html': 'CaptionDataset', 'metrics.html': 'caption_metrics',
                 'plot.html': 'plot_curves', 'cli.html': 'main', 'predict.html': 'Predictions'}
-TUTORIALS = ['tutorials/segment_npz.html', 'tutorials/caption_flickr8k.html']
+TUTORIALS = ['tutorials/segment_folder.html', 'tutorials/segment_npz.html', 'tutorials/caption_flickr8k.html']
 
 
 @pytest.fixture(scope='module')
@@ -96,7 +97,7 @@ def test_tutorial_pages(site, browser, page):
 @needs_browser
 def test_math_rendered(site, browser):
     "The Chan–Vese formulas are MathML the browser lays out (fractions stand taller than a line), no raw TeX."
-    b = open_page(browser, 'segment.html')
+    b = open_page(browser, 'seg_model.html')
     assert '$$' not in b.find_element('tag name', 'body').text and '$$' not in b.page_source
     heights = b.execute_script(
         "return Array.from(document.querySelectorAll('math[display=block]')).map(m => m.getBoundingClientRect().height)")
@@ -117,7 +118,7 @@ def test_sidebar(site, browser):
     links = {a.text: a.get_attribute('href') for a in side.find_elements('css selector', 'nav.capseg-nav > a')}
     for page in [*MODULE_PAGES, *TUTORIALS]:
         assert any(h.endswith('/_docs/' + page) for h in links.values()), f'{page} missing from the sidebar: {links}'
-    b = open_page(browser, 'segment.html')
+    b = open_page(browser, 'seg_model.html')
     toc = [a.text for a in b.find_elements('css selector', 'nav.capseg-nav ul.capseg-toc a')]
     assert 'The Chan–Vese loss' in toc, f"the current page's sections are listed: {toc}"
 
@@ -138,9 +139,9 @@ def search(browser, page, query):
 @pytest.mark.parametrize('page', ['index.html', 'tutorials/caption_flickr8k.html'])
 def test_search(site, browser, page):
     hits = search(browser, page, 'chan_vese_loss')
-    assert hits and hits[0].get_attribute('href').endswith('/_docs/segment.html#chan_vese_loss'), [h.text for h in hits]
+    assert hits and hits[0].get_attribute('href').endswith('/_docs/seg_model.html#chan_vese_loss'), [h.text for h in hits]
     hits[0].click()
-    assert browser.current_url.endswith('/_docs/segment.html#chan_vese_loss')
+    assert browser.current_url.endswith('/_docs/seg_model.html#chan_vese_loss')
     assert browser.find_element('id', 'chan_vese_loss').is_displayed()
     assert not search(browser, 'index.html', 'qwxzv')
     assert browser.find_element('css selector', '#capseg-results li').text == 'no match'
@@ -152,7 +153,7 @@ def test_offline_pages(site):
         text = html.read_text()
         assert '$$' not in text, f'{html.name}: raw $$ left'
         assert not re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="https?://', text), f'{html.name} loads a remote file'
-    assert (DOCS/'segment.html').read_text().count('<math') >= 3
+    assert (DOCS/'seg_model.html').read_text().count('<math') >= 3
 
 
 def test_internal_links_resolve(site):
