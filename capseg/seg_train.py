@@ -28,8 +28,8 @@ from .seg_model import *
 from .seg_model import _nchw
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'EPOCH_BATCHES', 'RESULT_FILES', 'IOU_DEFINITION', 'load_frames', 'model_record', 'frame_probability',
-           'score_frames', 'train']
+__all__ = ['MASK_SUFFIXES', 'EPOCH_BATCHES', 'ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'load_frames',
+           'model_record', 'frame_probability', 'score_frames', 'train']
 
 # %% ../nbs/06_seg_train.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -458,23 +458,33 @@ def frame_probability(model: nn.Module, image: np.ndarray, norm: dict) -> torch.
     x = (np.asarray(image, np.float32) - np.float32(norm['mean'])) / np.float32(norm['std'])
     return torch.from_numpy(tiled_probability(model, x))
 
+ENERGY_SIDE = 1024    # the Chan–Vese energy of a frame is measured on its central region of at most this side
+FIGURE_SIDE = 512     # frames are shown subsampled to at most this side
+
+def _energy(x: np.ndarray, p: torch.Tensor, norm: dict, alpha: float) -> float:
+    "The Chan–Vese energy (network units) of `p` for frame `x`, on its central region (memory: a few copies of it)."
+    rows, cols = (slice(max(0, (n - ENERGY_SIDE) // 2), max(0, (n - ENERGY_SIDE) // 2) + ENERGY_SIDE) for n in x.shape)
+    xc = (torch.from_numpy(np.ascontiguousarray(x[rows, cols])) - norm['mean']) / norm['std']
+    return chan_vese_loss(xc[None, None], p[rows, cols][None, None], alpha)[0].item()
+
 def score_frames(model, frames: FrameSet, norm: dict, alpha: float, flip: bool | None = None, figure_frames: int = 4):
     "Per-frame scores (energy, foreground both ways, IoU both ways where masks exist, blur + Otsu) and figure rows."
     per, rows = [], dict(image=[], p=[], mask=[] if frames.n_masks else None)
     for i in progress(range(len(frames)), desc='scoring frames', unit='frame'):
         x = frames.image(i)
         p = frame_probability(model, x, norm)
-        r = dict(energy=chan_vese_loss(torch.from_numpy(x)[None, None], p[None, None], alpha)[0].item(),
-                 fg=(p > 0.5).float().mean().item(), border_high=_border_high(p))
+        r = dict(energy=_energy(x, p, norm, alpha), fg=(p > 0.5).float().mean().item(), border_high=_border_high(p))
         m = frames.mask(i)
         if m is not None:
             mt = torch.from_numpy(m)[None]
             r['iou'] = [v.item() * 100 for v in flip_ious(p[None], mt)]
             r['otsu'] = [v.item() * 100 for v in flip_ious(torch.from_numpy(blur_otsu(x[None])[0]).float()[None], mt)]
         per.append(r)
-        if i < figure_frames:
-            rows['image'].append(x); rows['p'].append(p.numpy())
-            if rows['mask'] is not None: rows['mask'].append(np.zeros_like(x) if m is None else m)
+        if i < figure_frames:                  # the figure shows frames at most FIGURE_SIDE px a side
+            step = max(1, math.ceil(max(x.shape) / FIGURE_SIDE))
+            rows['image'].append(x[::step, ::step].copy()); rows['p'].append(p.numpy()[::step, ::step].copy())
+            if rows['mask'] is not None:
+                rows['mask'].append((np.zeros_like(x) if m is None else m)[::step, ::step].copy())
     return per, rows
 
 def _frame_metrics(per: list[dict], flip: bool) -> dict:
