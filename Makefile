@@ -1,6 +1,6 @@
 # capseg — two commands on a fresh machine: `make demo` and `make test`.
 SHELL := /bin/bash
-# Spinning OpenMP threads stall a busy 2-core machine (see 11_cli).
+# Spinning OpenMP threads stall a busy 2-core machine (see 13_cli).
 export OMP_WAIT_POLICY ?= PASSIVE
 VENV  := .venv
 BIN   := $(VENV)/bin

@@ -10,7 +10,7 @@ SHARED = ROOT.parent / 'shared'
 
 # This process, its xdist workers and every subprocess they start: the CPU; no spinning OpenMP threads (on a small shared
 # CPU they make every step several times slower); no METEOR, whose Java start costs ~14 s a scoring -- the full default
-# captioning run in test_caption.py scores with it (CAPSEG_METEOR=1), and 09_metrics checks it against pycocoevalcap.
+# captioning run in test_caption.py scores with it (CAPSEG_METEOR=1), and 10_metrics checks it against pycocoevalcap.
 for _k, _v in dict(CAPSEG_DEVICE='cpu', OMP_WAIT_POLICY='PASSIVE', CAPSEG_METEOR='0').items(): os.environ.setdefault(_k, _v)
 
 

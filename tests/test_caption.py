@@ -220,7 +220,7 @@ def test_flickr8k_download_layout_and_offline_error(tmp_path):
 
 def test_metrics_equal_pycocoevalcap_on_flickr8k(shared_dir):
     """The test split's 1000 images, caption 0 against the other four: BLEU, ROUGE-L, CIDEr-D as COCOEvalCap computes them
-    (METEOR's equality is shown in 09_metrics: a second METEOR JVM costs 10-20 s), the seed's BLEU as nltk computes it."""
+    (METEOR's equality is shown in 10_metrics: a second METEOR JVM costs 10-20 s), the seed's BLEU as nltk computes it."""
     import shutil
     from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
     from pycocoevalcap.bleu.bleu import Bleu

@@ -11,8 +11,10 @@ needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's c
 
 # page → an API entry it must document
 MODULE_PAGES = {'core.html': 'History', 'images.html': 'read_image', 'seg_data.html': 'load_seg_npz',
-                'seg_model.html': 'chan_vese_loss', 'seg_train.html': 'train', 'segment.html': 'load_model',
-                'caption_data.html': 'parse_flickr8k_tokens', 'caption.html': 'CaptionDataset', 'metrics.html': 'caption_metrics',
+                'seg_model.html': 'chan_vese_loss', 'seg_inputs.html': 'load_frames', 'seg_train.html': 'train',
+                'segment.html': 'load_model',
+                'caption_data.html': 'parse_flickr8k_tokens', 'caption_model.html': 'CaptionDataset', 'caption.html': 'fit',
+                'metrics.html': 'caption_metrics',
                 'plot.html': 'plot_curves', 'cli.html': 'main', 'predict.html': 'Predictions'}
 TUTORIALS = ['tutorials/segment_folder.html', 'tutorials/segment_npz.html', 'tutorials/caption_flickr8k.html']
 
