@@ -17,7 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from capseg.core import save_json
+from capseg.core import load_weights, save_json
 from capseg.seg_data import make_shapes
 from bench.report import bench_table
 from capseg.segment import (ARCHS, baseline_scores, build_net, cpu_threads, images_per_second, infer,
@@ -38,7 +38,7 @@ def snapshot_at(epoch: int, out: Path):
 
 def score_snapshot(path: Path, data) -> dict:
     "Score a seed checkpoint saved mid-run on the test split, as train() scores its final model."
-    ck = torch.load(path, weights_only=False)
+    ck = load_weights(path)
     r = ARCHS['seed']
     net = build_net(r.net, r.widths)
     net.load_state_dict(ck['nets'][0]['model'])

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import capseg_exe, capseg_main, free_port
+from capseg.core import load_weights
 
 # The same 3 short epochs in every run: 64 generated images a split, 32 a step.
 SHAPES = ['--shapes', '--limit', '64', '--epochs', '3']
@@ -121,7 +122,7 @@ def test_karpathy_flickr8k(shared_dir, tmp_path):
     cfg = json.loads((out/'checkpoint'/'capseg.json').read_text())
     assert cfg['karpathy'] == str(js) and cfg['limit'] == 8
     import torch
-    st = torch.load(out/'checkpoint'/'trainer_state.pt', weights_only=False)
+    st = load_weights(out/'checkpoint'/'trainer_state.pt')
     assert {k: st['config'][k] for k in ('lr', 'accum', 'freeze_encoder', 'early_stop', 'batch_size')} == \
         {'lr': 1e-3, 'accum': 2, 'freeze_encoder': True, 'early_stop': 1, 'batch_size': 4}
     assert max(len(s['prediction'].split()) for s in json.loads((out/'samples.json').read_text())) <= 12

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import build_once, capseg_exe, capseg_main
+from capseg.core import load_weights
 from capseg.seg_data import make_shapes, save_seg_npz
 from capseg.segment import chan_vese_loss, flip_invariant_iou
 
@@ -43,7 +44,7 @@ def test_train_shapes(trained):
     check_run(out, metrics, 3)
     assert metrics['test_iou'] > 60, 'three epochs already segment the shapes'
     assert metrics['test_iou_per_image'] >= metrics['test_iou'] - 1e-9
-    rec = torch.load(out / 'model.pt', weights_only=False)
+    rec = load_weights(out / 'model.pt')
     assert rec['arch'] == 'default' and {'mean', 'std'} <= set(rec['norm']) and rec['widths']
 
 
@@ -126,7 +127,7 @@ def wait_for_epoch(out: Path, proc: subprocess.Popen, epoch: int, timeout: float
     end = time.time() + timeout
     while time.time() < end:
         if (out / 'checkpoint.pt').exists():
-            done = torch.load(out / 'checkpoint.pt', weights_only=False)['epoch']
+            done = load_weights(out / 'checkpoint.pt')['epoch']
             if done >= epoch: return done
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
@@ -149,7 +150,7 @@ def test_kill_then_resume(tmp_path):
         if sig == signal.SIGINT: assert proc.returncode == 130 and '--resume' in err, err
         else: assert proc.returncode == -signal.SIGKILL
         assert not (out / 'metrics.json').exists()
-        kept = torch.load(out / 'checkpoint.pt', weights_only=False)['epoch']
+        kept = load_weights(out / 'checkpoint.pt')['epoch']
         assert epoch <= kept < epochs
     r = capseg_main('segment', 'train', '--shapes', '--out', out, '--epochs', epochs, '--resume', '--json')
     assert r.returncode == 0, r.stderr
