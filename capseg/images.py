@@ -17,7 +17,7 @@ from .core import CapsegError, regular_file
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'MAX_PIXELS', 'LUMA', 'check_file', 'frame_count', 'frame_shape', 'read_frame', 'to_grey',
-           'read_image', 'read_region', 'percentiles', 'percentile_normalize', 'to_rgb8', 'read_rgb8']
+           'read_image', 'read_region', 'sample_step', 'percentiles', 'percentile_normalize', 'to_rgb8', 'read_rgb8']
 
 # %% ../nbs/01_images.ipynb #08933294
 IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif', '.webp'})
@@ -199,11 +199,15 @@ def read_region(path: str | os.PathLike, index: int, top: int, left: int, height
     with _naming(path): return to_grey(region, channel)
 
 # %% ../nbs/01_images.ipynb #4111acd9
+def sample_step(shape: tuple, max_samples: int = 2**20) -> int:
+    "The stride along every axis that keeps at most about `max_samples` values of an array of `shape`."
+    return max(1, int(np.ceil((np.prod(shape) / max_samples) ** (1 / max(len(shape), 1)))))
+
 def percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.8, *,
                 max_samples: int = 2**20) -> tuple[float, float]:
     "The `low` and `high` percentiles of an image's finite values, from a strided subsample of ≤ `max_samples`."
     image = np.asarray(image)
-    step = max(1, int(np.ceil((image.size / max_samples) ** (1 / max(image.ndim, 1)))))
+    step = sample_step(image.shape, max_samples)
     sample = image[(slice(None, None, step),) * image.ndim].astype(np.float32).ravel()
     sample = sample[np.isfinite(sample)]
     if sample.size == 0: return 0.0, 1.0

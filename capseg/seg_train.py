@@ -224,9 +224,8 @@ def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = Tr
     return _finish(state, setup, data, recipe, out, info, figures=figures)
 
 # %% ../nbs/07_seg_train.ipynb #309125cc
-def _polarity(p) -> bool:
-    "Whether `p > 0.5` marks the background: it covers most of the image border in most images (no masks used)."
-    if isinstance(p, list): return sum(map(_border_high, p)) > len(p) / 2
+def _polarity(p: torch.Tensor) -> bool:
+    "Whether `p > 0.5` (N×1×H×W) marks the background: it covers most of the border in most images (no masks used)."
     border = torch.cat([p[..., 0, :], p[..., -1, :], p[..., 1:-1, 0], p[..., 1:-1, -1]], -1).flatten(1)
     return bool(((border > 0.5).float().mean(1) > 0.5).float().mean() > 0.5)
 
@@ -291,9 +290,9 @@ def _energy(x: np.ndarray, p: torch.Tensor, norm: dict, alpha: float) -> float:
     xc = (torch.from_numpy(np.ascontiguousarray(x[rows, cols])) - norm['mean']) / norm['std']
     return chan_vese_loss(xc[None, None], p[rows, cols][None, None], alpha)[0].item()
 
-def score_frames(model, frames: FrameSet, norm: dict, alpha: float, flip: bool | None = None, figure_frames: int = 4):
-    "Per-frame scores (energy, foreground both ways, IoU both ways where masks exist, blur + Otsu) and figure rows."
-    per, rows = [], dict(image=[], p=[], mask=[] if frames.n_masks else None)
+def score_frames(model, frames: FrameSet, norm: dict, alpha: float, *, figure_frames: int = 4):
+    "Per-frame scores (energy, foreground, IoU both ways where masks exist, blur + Otsu), figure rows, megapixels/s."
+    per, rows, t = [], dict(image=[], p=[], mask=[] if frames.n_masks else None), time.perf_counter()
     for i in progress(range(len(frames)), desc='scoring frames', unit='frame'):
         x = frames.image(i)
         p = frame_probability(model, x, norm)
@@ -309,36 +308,29 @@ def score_frames(model, frames: FrameSet, norm: dict, alpha: float, flip: bool |
             rows['image'].append(x[::step, ::step].copy()); rows['p'].append(p.numpy()[::step, ::step].copy())
             if rows['mask'] is not None:
                 rows['mask'].append((np.zeros_like(x) if m is None else m)[::step, ::step].copy())
-    return per, rows
+    pixels = sum(np.prod(frames.shape(i)) for i in range(len(frames)))
+    return per, rows, pixels / 1e6 / (time.perf_counter() - t)
 
-def _frame_metrics(per: list[dict], flip: bool) -> dict:
-    "Mean scores over frames; IoU with one flip for all frames (as the model is used) and per frame."
+# %% ../nbs/07_seg_train.ipynb #34032a14
+def _frame_metrics(per: list[dict], flip: bool, split: str) -> dict:
+    "Mean scores over frames, as `split`'s; IoU with one flip for all frames (as the model is used) and per frame."
     m = dict(energy=float(np.mean([r['energy'] for r in per])),
              foreground_fraction=float(np.mean([1 - r['fg'] if flip else r['fg'] for r in per])))
     scored = [r for r in per if 'iou' in r]
     if scored:
         best = lambda key: max(np.mean([r[key][k] for r in scored]) for k in (0, 1))
-        m.update(iou=best('iou'), iou_per_image=float(np.mean([max(r['iou']) for r in scored])),
-                 baseline_iou=best('otsu'), baseline_iou_per_image=float(np.mean([max(r['otsu']) for r in scored])),
-                 n_masks=len(scored))
-    return m
-
-# %% ../nbs/07_seg_train.ipynb #34032a14
-def _as_split(m: dict, split: str) -> dict:
-    "Frame scores named as a split's: `iou` → `train_iou`, `baseline_iou` → `baseline_train_iou`, ..."
-    rename = {'iou': f'{split}_iou', 'iou_per_image': f'{split}_iou_per_image', 'baseline_iou': f'baseline_{split}_iou',
-              'baseline_iou_per_image': f'baseline_{split}_iou_per_image'}
-    return {rename.get(k, k): v for k, v in m.items()}
+        m.update({f'{split}_iou': best('iou'), f'{split}_iou_per_image': float(np.mean([max(r['iou']) for r in scored])),
+                  f'baseline_{split}_iou': best('otsu'),
+                  f'baseline_{split}_iou_per_image': float(np.mean([max(r['otsu']) for r in scored])),
+                  'n_masks': len(scored)})
     return m
 
 def _results_frames(model, f: FrameSet, setup: _Setup, out: Path, figures: bool) -> dict:
-    "The metrics of a run on frames of any size: every frame predicted whole and scored."
-    t = time.perf_counter()
-    per, rows = score_frames(model, f, setup.norm, setup.alpha)
-    pixels = sum(np.prod(f.shape(i)) for i in range(len(f)))
-    flip = sum(r['border_high'] for r in per) > len(per) / 2
-    m = dict(flip=flip, **_as_split(_frame_metrics(per, flip), 'train'), crop=setup.crop, n_frames=len(f),
-             inference_megapixels_per_s=pixels / 1e6 / (time.perf_counter() - t))
+    "The metrics of a run on frames of any size: every frame predicted (over tiles when large) and scored."
+    per, rows, speed = score_frames(model, f, setup.norm, setup.alpha)
+    flip = sum(r['border_high'] for r in per) > len(per) / 2          # the border rule, over frames
+    m = dict(flip=flip, **_frame_metrics(per, flip, 'train'), crop=setup.crop, n_frames=len(f),
+             inference_megapixels_per_s=speed)
     if figures: _grid(rows, flip, out / 'results_train.png', 'training frames (first 4)')
     return m
 

@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/segment.html.md"""
 
 # %% ../nbs/08_segment.ipynb #dddd666e
 from __future__ import annotations
-import json, math, os, time
+import json, os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,7 +18,7 @@ from PIL import Image
 
 from .core import (MAX_NPZ_BYTES, CapsegError, cpu_threads, get_device, inside, load_json, load_weights,
                          save_json)
-from .images import _pil_array, percentiles, read_frame, to_grey
+from .images import _pil_array, percentiles, read_frame, sample_step, to_grey
 from .predict import Item, Predictions, expand_inputs, in_memory_images, read_npz_image, save_png
 from .seg_data import MIN_SIZE, FrameSet, SegData, load_seg_npz
 from .seg_model import *
@@ -26,7 +26,7 @@ from .seg_model import _tiled_bands
 from .seg_train import *
 from .seg_inputs import *
 from .seg_inputs import load_frames
-from .seg_train import _frame_metrics, _as_split, score_frames
+from .seg_train import _frame_metrics, score_frames
 
 # %% auto #0
 __all__ = ['FOREGROUNDS', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict']
@@ -76,12 +76,9 @@ def _save_eval(result: dict, model, out):
 
 # %% ../nbs/08_segment.ipynb #4e8207a3
 def _evaluate_frames(f: FrameSet, net, rec, model, out) -> dict:
-    t = time.perf_counter()
-    per, _ = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0)
-    m = _as_split(_frame_metrics([r for r in per if 'iou' in r], bool(rec.get('flip'))), 'test')
-    pixels = sum(np.prod(f.shape(i)) for i in range(len(f)))
-    result = dict(**m, n_test=m['n_masks'], data=f.source, model=str(model),
-                  inference_megapixels_per_s=pixels / 1e6 / (time.perf_counter() - t))
+    per, _, speed = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0)
+    m = _frame_metrics([r for r in per if 'iou' in r], bool(rec.get('flip')), 'test')    # the frames with masks
+    result = dict(**m, n_test=m['n_masks'], data=f.source, model=str(model), inference_megapixels_per_s=speed)
     return _save_eval(result, model, out)
 
 def _evaluate(d, net, rec, model, out):
@@ -148,8 +145,7 @@ def _prepare(frame, rec: dict, channel: int | None = None, npz: bool = False) ->
     channel = (inputs or {}).get('channel') if channel is None else channel
     image = _Input(frame, channel, mean=norm['mean'], std=norm['std'])
     if inputs:                      # the sample `percentiles` would take of the whole grey image
-        h, w = image.shape
-        step = max(1, math.ceil((h * w / 2 ** 20) ** 0.5))
+        step = sample_step(image.shape)
         sample = image.grey(slice(None, None, step), slice(None, None, step))
         low, high = percentiles(sample, inputs['low'], inputs['high'], max_samples=sample.size)
         image.low, image.span = low, (high - low if high > low else 1.0)
