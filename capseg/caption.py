@@ -17,8 +17,8 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .core import (CapsegError, History, barrier, gather_objects, get_device, init_distributed, is_main_process,
-                         load_json, progress, rank, save_json, seed_everything, world_size)
+from .core import (CapsegError, History, barrier, distributed, gather_objects, get_device, init_distributed,
+                         is_main_process, load_json, progress, rank, save_json, seed_everything, world_size)
 from .core import (atomic_folder, claim_output, eval_mode, first_line, kept_global_rng, quiet_when_asked, say,
                          warn, written_folder)
 from .caption_data import load_caption_data, load_image
@@ -406,8 +406,7 @@ def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=
           quiet: bool = False) -> dict | None:
     "Train or fine-tune on one data source, then caption the test split with the best model, all into `out`; see below."
     out, device = Path(out), get_device(device)
-    with claim_output(out, probe_bytes=4096):   # the room a run needs: `_check_space`, once the model is known
-        init_distributed(device)
+    with claim_output(out, probe_bytes=4096), distributed(device):   # the room a run needs: `_check_space`, below
         seed_everything(seed)
         source = _source(data, flickr8k, shapes, karpathy, images, limit=limit, seed=seed, model=model,
                          shapes_kw=shapes_kw)
@@ -454,14 +453,15 @@ def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, 
     ds = CaptionDataset(splits[split], ImageTransform(cap.processor), cap.tokenizer, desc=split)
     if not len(ds): raise CapsegError(f'no readable images in the {split} split')
     t0 = time.time()
-    metrics, samples = score_dataset(cap, ds, generation=generation, device=device)
-    if not is_main_process(): return None
-    metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split, train_seconds=round(trained, 1),
-                   eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d),
-                   world_size=world_size())
-    out = Path(out) if out else model
-    _write_outputs(out, ds, samples, None, metrics)
-    return metrics
+    with distributed(get_device(device)):
+        metrics, samples = score_dataset(cap, ds, generation=generation, device=device)
+        if not is_main_process(): return None
+        metrics.update(n_images=len(ds), skipped_images=len(ds.skipped), split=split, train_seconds=round(trained, 1),
+                       eval_seconds=round(time.time() - t0, 1), model=str(model), model_folder=str(d),
+                       world_size=world_size())
+        out = Path(out) if out else model
+        _write_outputs(out, ds, samples, None, metrics)
+        return metrics
 
 # %% ../nbs/12_caption.ipynb #34e979ce
 from functools import partial

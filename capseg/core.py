@@ -23,7 +23,7 @@ else: from tqdm.std import tqdm
 
 # %% auto #0
 __all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'get_device', 'world_size',
-           'rank', 'is_main_process', 'init_distributed', 'barrier', 'gather_objects', 'seed_everything',
+           'rank', 'is_main_process', 'init_distributed', 'distributed', 'barrier', 'gather_objects', 'seed_everything',
            'kept_global_rng', 'eval_mode', 'cpu_threads', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
            'atomic_folder', 'written_folder', 'load_weights', 'first_line', 'inside', 'regular_file', 'npz_arrays',
            'claim_output', 'staged', 'finish_staged', 'History', 'quiet_output', 'quiet_when_asked', 'progress', 'say',
@@ -67,6 +67,18 @@ def init_distributed(device: torch.device | None = None) -> bool:
         if cuda: torch.cuda.set_device(torch.device(device))
         torch.distributed.init_process_group('nccl' if cuda else 'gloo')
     return True
+
+@contextmanager
+def distributed(device: torch.device | None = None):
+    """`init_distributed` for the block (yields whether distributed); a group joined here is left at its end, after
+    a barrier, so that no process exits while another still uses the group (gloo aborts a process left that way)."""
+    joined_before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    ddp = init_distributed(device)
+    try:
+        yield ddp
+        if ddp and not joined_before: torch.distributed.barrier()
+    finally:
+        if ddp and not joined_before: torch.distributed.destroy_process_group()
 
 def barrier():
     "Wait for every process (no-op in a single process)."

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .images import IMAGE_SUFFIXES, frame_count
 from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, cpu_threads,
-                   gather_objects, init_distributed, is_main_process, load_json, npz_arrays, progress, rank,
+                   distributed, gather_objects, is_main_process, load_json, npz_arrays, progress, rank,
                    regular_file, save_json, world_size)
 
 # %% auto #0
@@ -338,17 +338,13 @@ class Predictions:
     def __iter__(self) -> Iterator[dict]:
         "Predict, yielding each record once it is written; with `out`, only the inputs not there yet."
         self.predicted = self.failed = 0
-        joined_before = torch.distributed.is_available() and torch.distributed.is_initialized()
-        joined_here = init_distributed(self.device) and not joined_before
-        with nullcontext() if self.out is None else claim_output(self.out):
+        with distributed(self.device), nullcontext() if self.out is None else claim_output(self.out):
             mine = self._todo()
             yield from self._stream(mine)
             if world_size() > 1:
                 self.predicted, self.failed = map(sum, zip(*gather_objects((self.predicted, self.failed))))
                 barrier()
                 if is_main_process(): merge_parts(self.out)
-                barrier()
-        if joined_here: torch.distributed.destroy_process_group()
 
     def _todo(self) -> list[Item]:
         "This process's share of the inputs without a record in `out` (those whose prediction failed are retried)."
