@@ -69,7 +69,8 @@ bench: install
 	$(BIN)/python bench/segment_sweep.py
 	$(BIN)/python bench/segment_real.py
 	$(BIN)/python bench/segment_files.py
-	$(BIN)/python bench/segment_tta.py
+	$(BIN)/python bench/segment_gap.py --tune
+	$(BIN)/python bench/segment_gap.py
 	$(BIN)/python bench/caption.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/predict_large.py

@@ -79,7 +79,7 @@ def _epoch_loss(net, x, m, batch_size: int) -> float:
 
 
 def train_unet(images, masks, *, epochs: int = 60, seed: int = 0, threads: int = 1, patience: int = 8,
-               batch_size: int = 32, lr: float = 1e-3, val_share: float = 0.1, log=None):
+               batch_size: int = 32, lr: float = 1e-3, val_share: float = 0.1, widths=WIDTHS, log=None):
     """Train a UNet on `images` (N×H×W) and their `masks` (label images: foreground = label > 0); returns
     `(predict, record)`: `predict(images) -> N×H×W probabilities` and a dict of what the training did."""
     t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def train_unet(images, masks, *, epochs: int = 60, seed: int = 0, threads: int =
         perm = torch.randperm(len(x), generator=gen)
         n_val = max(1, round(val_share * len(x)))
         val, fit = perm[:n_val], perm[n_val:]
-        net = UNet()
+        net = UNet(tuple(widths))
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.3, patience=3)
         best, history = dict(loss=float('inf'), epoch=0, state=None), []
@@ -115,7 +115,7 @@ def train_unet(images, masks, *, epochs: int = 60, seed: int = 0, threads: int =
         net.load_state_dict(best['state'])
         net.eval()
     record = dict(epochs=epoch, best_epoch=best['epoch'], val_loss=best['loss'], val_images=n_val,
-                  train_images=len(fit), train_seconds=time.perf_counter() - t0, widths=list(WIDTHS),
+                  train_images=len(fit), train_seconds=time.perf_counter() - t0, widths=list(widths),
                   val_loss_history=history, parameters=sum(p.numel() for p in net.parameters()))
 
     def predict(images, batch_size: int = 256) -> np.ndarray:
@@ -124,6 +124,7 @@ def train_unet(images, masks, *, epochs: int = 60, seed: int = 0, threads: int =
         with cpu_threads(threads), torch.inference_mode():
             p = torch.cat([torch.sigmoid(net(xs[i:i + batch_size])) for i in range(0, len(xs), batch_size)])
         return p[:, 0].numpy()
+    predict.net = net
     return predict, record
 
 

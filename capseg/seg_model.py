@@ -20,12 +20,12 @@ from torch.utils.data import Dataset
 from .core import CapsegError, eval_mode
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'PREDICT_PIXELS', 'TILE', 'region_means', 'chan_vese_loss',
-           'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou', 'seg_transforms', 'SegDataset',
-           'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize',
-           'infer', 'score', 'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic',
-           'baseline_scores', 'receptive_field', 'tiling', 'tiled_probability', 'noise_sigma', 'piecewise_constant',
-           'sure_risk']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'REFINE_LR', 'PREDICT_PIXELS', 'TILE', 'region_means',
+           'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou', 'seg_transforms',
+           'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer',
+           'normalize', 'infer', 'score', 'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic',
+           'baseline_scores', 'energy_gradient', 'refine_probability', 'Refined', 'with_refinement', 'receptive_field',
+           'tiling', 'tiled_probability', 'noise_sigma', 'piecewise_constant', 'sure_risk']
 
 # %% ../nbs/05_seg_model.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -201,6 +201,7 @@ class Recipe:
                                                    # keeps ≥ 4 px); () = `widths` only
     screen: float = 0.25              # share of the epochs after which the screening keeps the best candidate
     patience: int = 0                 # stop after this many epochs without a lower held-out risk (0: never)
+    refine_steps: int = 0             # prediction only: steps of `refine_probability` (0: the network alone)
 
 ARCHS = {
     'seed': Recipe('SeedNet', (64, 128, 256), 'sgd', lr=0.1, momentum=0.9, weight_decay=1e-3, alpha=1e-3,
@@ -208,7 +209,7 @@ ARCHS = {
     'default': Recipe('CVNet', (8, 16, 32), 'adamw', lr=1e-2, weight_decay=1e-4, schedule='onecycle', alpha='auto',
                       kappa=0.5, alpha_ramp=0.3, batch_size=64, epochs=300, steps=420, augment='dihedral',
                       normalize=True, threads=1, holdout=0.1, screen=0.25, patience=8,
-                      candidates=((8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 64))),
+                      candidates=((8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 64)), refine_steps=10),
 }
 NETS = {'SeedNet': SeedNet, 'CVNet': CVNet}
 
@@ -308,6 +309,49 @@ def baseline_scores(images, masks, method: str = 'blur_otsu') -> dict:
     return dict(test_iou=s['iou_batch_level'], test_iou_per_image=s['iou_per_image'], seconds=seconds,
                 inference_images_per_s=len(pred) / seconds, method=method)
 
+# %% ../nbs/05_seg_model.ipynb #b3f1c0a2
+REFINE_LR = 0.3         # Adam's learning rate on the logits in `refine_probability`
+
+def energy_gradient(x: torch.Tensor, p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """∂E/∂p (N×1×H×W) of each image's Chan–Vese energy times its pixel count, `a` and `b` at their optimum."""
+    a, b = region_means(x, p)
+    g = (x - a) ** 2 - (x - b) ** 2
+    sx, sy = torch.sign(p[..., :, 1:] - p[..., :, :-1]), torch.sign(p[..., 1:, :] - p[..., :-1, :])
+    g[..., :, 1:] += alpha * sx
+    g[..., :, :-1] -= alpha * sx
+    g[..., 1:, :] += alpha * sy
+    g[..., :-1, :] -= alpha * sy
+    return g
+
+def refine_probability(x: torch.Tensor, p: torch.Tensor, alpha: float, steps: int = 10,
+                       lr: float = REFINE_LR) -> torch.Tensor:
+    """`p` after `steps` Adam steps (β 0.9, 0.999) on its logits of each image's Chan–Vese energy at `alpha` for `x`
+    (both N×1×H×W, in the network's units)."""
+    x, p = x.float(), p.float().clamp(1e-4, 1 - 1e-4)
+    z, m, v = torch.logit(p), torch.zeros_like(p), torch.zeros_like(p)
+    for t in range(1, steps + 1):
+        g = energy_gradient(x, p, alpha) * p * (1 - p)        # through the sigmoid to the logits
+        m.mul_(0.9).add_(g, alpha=0.1)
+        v.mul_(0.999).addcmul_(g, g, value=0.001)
+        z.addcdiv_(m, (v / (1 - 0.999 ** t)).sqrt_().add_(1e-8), value=-lr / (1 - 0.9 ** t))
+        p = torch.sigmoid(z)
+    return p
+
+class Refined(nn.Module):
+    "`net` followed by `refine_probability` of its output at `alpha`: how a model trained by the default predicts."
+    def __init__(self, net: nn.Module, alpha: float, steps: int = 10, lr: float = REFINE_LR):
+        super().__init__()
+        self.net, self.alpha, self.steps, self.lr = net, alpha, steps, lr
+
+    @property
+    def multiple(self) -> int: return self.net.multiple
+
+    def forward(self, x): return refine_probability(x, self.net(x), self.alpha, self.steps, self.lr)
+
+def with_refinement(net: nn.Module, alpha: float, refine: dict | None) -> nn.Module:
+    "`net` wrapped in `Refined` with the settings `refine` (`{'steps', 'lr'}`) of a model record; `net` if None."
+    return Refined(net, alpha, **refine) if refine else net
+
 # %% ../nbs/05_seg_model.ipynb #6f943bf3
 PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting images whole, in batches
 # side of the tiles of a large image: measured fastest on a 2-core CPU (caches), overlap included
@@ -317,7 +361,8 @@ def receptive_field(net: nn.Module) -> int:
     "Side (px) of the input window one output pixel of `net` depends on: its convolutions and upsamplings, in order."
     size, step = 1.0, 1.0
     for m in net.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, Refined): size += 2 * m.steps     # one pixel a step, each side
+        elif isinstance(m, nn.Conv2d):
             size += (m.kernel_size[0] - 1) * m.dilation[0] * step
             step *= m.stride[0]
         elif isinstance(m, nn.Upsample):            # bilinear: two neighbours on the coarse grid

@@ -59,7 +59,7 @@ def _check_resume(ck: dict, path, recipe: Recipe, **now):
     was = {**{k: ck.get(k) for k in now}, **ck['recipe']}
     now = {**now, **asdict(recipe)}
     if recipe.schedule is None: was['epochs'] = now['epochs']        # a constant learning rate: more epochs may follow
-    changed = [k for k in now if was.get(k) != now[k] and k not in ('fingerprint',)]
+    changed = [k for k in now if was.get(k) != now[k] and k not in ('fingerprint', 'refine_steps')]   # not training's
     if was.get('fingerprint') != now['fingerprint']: changed.insert(0, 'data')
     if not changed: return
     show = lambda k: (f'other data (it was {ck.get("data_source")})' if k == 'data' else
@@ -347,20 +347,22 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
     "Keep the best held-out epoch, score it, and publish model.pt, metrics.json and the figures together."
     net = state.nets[0]
     if net.best is not None: net.model.load_state_dict(net.best['state'])
+    refine = dict(steps=recipe.refine_steps, lr=REFINE_LR) if recipe.refine_steps and not info.supervised else None
     with staged(out, replaces=RESULT_FILES) as stage:
         results = (_results_arrays if isinstance(data, SegData)
-                   else _results_frames)(net.model, data, setup, stage, figures)
+                   else _results_frames)(with_refinement(net.model, setup.alpha, refine), data, setup, stage, figures)
         flip = results.pop('flip')
         atomic_torch_save(model_record(net.model, recipe, setup.norm, net.widths, setup.alpha, arch=info.arch,
                                        flip=flip, epochs=net.history.epochs, data_source=data.source,
-                                       supervised=info.supervised, inputs=_inputs(data)), stage / 'model.pt')
+                                       supervised=info.supervised, inputs=_inputs(data), refine=refine),
+                          stage / 'model.pt')
         metrics = dict(**results, holdout_risk=net.best['risk'] if net.best else None,
                        train_seconds=state.train_seconds, train_cpu_seconds=state.cpu_seconds,
                        epochs=net.history.epochs, arch=info.arch,
                        supervised=info.supervised, seed=info.seed, alpha=setup.alpha, widths=list(net.widths),
                        epochs_planned=setup.epochs, noise_sigma=setup.sigma * setup.norm['std'],
                        alpha_rule=f'kappa {recipe.kappa:g} × noise variance' if recipe.alpha == 'auto' else 'given',
-                       holdout_images=len(setup.held), selection=state.selection,
+                       holdout_images=len(setup.held), selection=state.selection, refine=refine,
                        best_epoch=net.best['epoch'] if net.best else None, stopped_early=state.stopped,
                        recipe=asdict(recipe), foreground='p < 0.5' if flip else 'p > 0.5', data=data.source,
                        n_train=len(data.image_train) if isinstance(data, SegData) else len(data),

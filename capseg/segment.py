@@ -33,7 +33,7 @@ __all__ = ['FOREGROUNDS', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'pr
 
 # %% ../nbs/08_segment.ipynb #90c04765
 def load_model(path, device=None) -> tuple[nn.Module, dict]:
-    "The network saved by `train` (a `model.pt` or its folder), in eval mode, and its record."
+    "The network saved by `train` (a `model.pt` or its folder, with its refinement), in eval mode, and its record."
     path = Path(path)
     if path.is_dir(): path = path / 'model.pt'
     if not path.exists(): raise CapsegError(f'{path}: no such model (train one with `capseg segment train`)')
@@ -42,7 +42,7 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
         raise CapsegError(f'{path}: not a capseg segmentation model')
     model = build_net(rec['arch_net'], rec['widths'])
     model.load_state_dict(rec['state_dict'])
-    return model.to(get_device(device)).eval(), rec
+    return with_refinement(model, rec['alpha'], rec.get('refine')).to(get_device(device)).eval(), rec
 
 def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
