@@ -42,6 +42,7 @@ def test_folder_of_16bit_tiffs_without_masks_then_predict(tiffs, tmp_path):
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert m['n_frames'] == 5 and m['crop'] == 128 and 'test_iou' not in m and 'train_iou' not in m
     assert m['holdout_risk'] is not None and m['energy'] > 0 and 0 < m['foreground_fraction'] < 1
+    assert m['refine'] is None, 'frames are predicted by the network alone (no per-image refinement)'
     assert (out / 'model.pt').exists() and (out / 'results_train.png').exists()
     r = capseg_main('segment', 'predict', '--model', out, tiffs / 'imgs', '--out', tmp_path / 'pred')
     assert r.returncode == 0, r.stderr

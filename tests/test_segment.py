@@ -46,6 +46,7 @@ def test_train_shapes(trained):
     assert metrics['test_iou_per_image'] >= metrics['test_iou'] - 1e-9
     rec = load_weights(out / 'model.pt')
     assert rec['arch'] == 'default' and {'mean', 'std'} <= set(rec['norm']) and rec['widths']
+    assert rec['refine'] == metrics['refine'] == {'steps': 10, 'lr': 0.3}, 'images held whole: refined'
 
 
 @pytest.mark.parametrize('arch,size', [('default', (30, 30)), ('default', (64, 64)), ('seed', (50, 40))])
