@@ -6,7 +6,7 @@ measured as it is and with each candidate added on top (none of them sees a mask
   flip2       the probability averaged over the 2 horizontal flips (test-time augmentation)
   dihedral8   ... over the 8 flips and rotations of the square (the augmentation the default trains with)
   refine      per-image refinement (`capseg.seg_model.refine_probability`, now part of the default): 10 Adam steps
-              (lr 0.3, on the logits) of each test image's Chan–Vese energy at the model's α, started from the
+              (lr 0.3, on the logits) of each test image's Chan–Vese energy at α = 2.2 σ̂², started from the
               network's output. Adam moves a logit by at most about lr per step, so only pixels with |logit| < 3 can
               change side: the uncertain ones along the boundaries
   self_train  self-training: the dihedral8 probabilities of the TRAIN images, thresholded at 0.5, are the labels of a
@@ -74,7 +74,7 @@ def measure(noise: float, seed: int) -> dict:
                               images_per_s=round(n / s))
     candidates = {'none': lambda: infer(net, x), 'flip2': lambda: averaged(net, x, [0, 4]),
                   'dihedral8': lambda: averaged(net, x, range(8)),
-                  'refine': lambda: infer(Refined(net, rec['alpha'], **rec['refine']), x)}
+                  'refine': lambda: infer(Refined(net, **rec['refine']), x)}
     for name, f in candidates.items(): row[name] = score(*timed(f))
     labels = averaged(net, normalize(d.image_train, rec['norm']), range(8))[:, 0].numpy() > 0.5
     student, record = train_unet(d.image_train, labels, epochs=STUDENT_EPOCHS, widths=STUDENT_WIDTHS, threads=1)

@@ -20,12 +20,13 @@ from torch.utils.data import Dataset
 from .core import CapsegError, eval_mode
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'REFINE_LR', 'PREDICT_PIXELS', 'TILE', 'region_means',
-           'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou', 'seg_transforms',
-           'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer',
-           'normalize', 'infer', 'score', 'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic',
-           'baseline_scores', 'energy_gradient', 'refine_probability', 'Refined', 'with_refinement', 'receptive_field',
-           'tiling', 'tiled_probability', 'noise_sigma', 'piecewise_constant', 'sure_risk']
+__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'REFINE_LR', 'REFINE_KAPPA', 'PREDICT_PIXELS', 'TILE',
+           'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou',
+           'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net',
+           'make_optimizer', 'normalize', 'infer', 'score', 'fused_for_inference', 'images_per_second', 'blur_otsu',
+           'chan_vese_classic', 'baseline_scores', 'energy_gradient', 'refine_probability', 'Refined',
+           'with_refinement', 'receptive_field', 'tiling', 'tiled_probability', 'noise_sigma', 'piecewise_constant',
+           'sure_risk']
 
 # %% ../nbs/05_seg_model.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -311,6 +312,7 @@ def baseline_scores(images, masks, method: str = 'blur_otsu') -> dict:
 
 # %% ../nbs/05_seg_model.ipynb #b3f1c0a2
 REFINE_LR = 0.3         # Adam's learning rate on the logits in `refine_probability`
+REFINE_KAPPA = 2.2      # the refinement's α is REFINE_KAPPA × the noise variance: a boundary's MAP weight
 
 def energy_gradient(x: torch.Tensor, p: torch.Tensor, alpha: float) -> torch.Tensor:
     """∂E/∂p (N×1×H×W) of each image's Chan–Vese energy times its pixel count, `a` and `b` at their optimum."""
@@ -349,8 +351,9 @@ class Refined(nn.Module):
     def forward(self, x): return refine_probability(x, self.net(x), self.alpha, self.steps, self.lr)
 
 def with_refinement(net: nn.Module, alpha: float, refine: dict | None) -> nn.Module:
-    "`net` wrapped in `Refined` with the settings `refine` (`{'steps', 'lr'}`) of a model record; `net` if None."
-    return Refined(net, alpha, **refine) if refine else net
+    """`net` wrapped in `Refined` with the settings `refine` (`{'steps', 'lr', 'alpha'}`) of a model record (`alpha`:
+    the given one where `refine` has none); `net` if None."""
+    return Refined(net, **{'alpha': alpha, **refine}) if refine else net
 
 # %% ../nbs/05_seg_model.ipynb #6f943bf3
 PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting images whole, in batches

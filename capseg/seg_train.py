@@ -349,7 +349,7 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
     if net.best is not None: net.model.load_state_dict(net.best['state'])
     # refinement for images held whole (npz, arrays), not for frames: see "The gap to a real supervised ceiling"
     refined = recipe.refine_steps and not info.supervised and isinstance(data, SegData)
-    refine = dict(steps=recipe.refine_steps, lr=REFINE_LR) if refined else None
+    refine = dict(steps=recipe.refine_steps, lr=REFINE_LR, alpha=REFINE_KAPPA * setup.sigma ** 2) if refined else None
     with staged(out, replaces=RESULT_FILES) as stage:
         results = (_results_arrays if isinstance(data, SegData)
                    else _results_frames)(with_refinement(net.model, setup.alpha, refine), data, setup, stage, figures)
