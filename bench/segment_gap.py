@@ -52,7 +52,7 @@ def averaged(net, x: torch.Tensor, ks) -> torch.Tensor:
 
 
 def timed(f):
-    "`(f(), images/s)` on the 1000 test images (best of 2 runs)."
+    "`(f(), seconds)`: its result and its best time of 2 runs."
     best = float('inf')
     for _ in range(2):
         t = time.perf_counter()

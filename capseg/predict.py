@@ -345,6 +345,7 @@ class Predictions:
                 self.predicted, self.failed = map(sum, zip(*gather_objects((self.predicted, self.failed))))
                 barrier()
                 if is_main_process(): merge_parts(self.out)
+                barrier()      # every process returns with the merged file (also in a group its caller joined)
 
     def _todo(self) -> list[Item]:
         "This process's share of the inputs without a record in `out` (those whose prediction failed are retried)."

@@ -350,10 +350,9 @@ class Refined(nn.Module):
 
     def forward(self, x): return refine_probability(x, self.net(x), self.alpha, self.steps, self.lr)
 
-def with_refinement(net: nn.Module, alpha: float, refine: dict | None) -> nn.Module:
-    """`net` wrapped in `Refined` with the settings `refine` (`{'steps', 'lr', 'alpha'}`) of a model record (`alpha`:
-    the given one where `refine` has none); `net` if None."""
-    return Refined(net, **{'alpha': alpha, **refine}) if refine else net
+def with_refinement(net: nn.Module, refine: dict | None) -> nn.Module:
+    "`net` wrapped in `Refined` with the settings `refine` (`{'steps', 'lr', 'alpha'}`) of a model record; `net` if None."
+    return Refined(net, **refine) if refine else net
 
 # %% ../nbs/05_seg_model.ipynb #6f943bf3
 PREDICT_PIXELS = 2 ** 22    # pixels per forward pass when predicting images whole, in batches

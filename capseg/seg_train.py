@@ -352,7 +352,7 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
     refine = dict(steps=recipe.refine_steps, lr=REFINE_LR, alpha=REFINE_KAPPA * setup.sigma ** 2) if refined else None
     with staged(out, replaces=RESULT_FILES) as stage:
         results = (_results_arrays if isinstance(data, SegData)
-                   else _results_frames)(with_refinement(net.model, setup.alpha, refine), data, setup, stage, figures)
+                   else _results_frames)(with_refinement(net.model, refine), data, setup, stage, figures)
         flip = results.pop('flip')
         atomic_torch_save(model_record(net.model, recipe, setup.norm, net.widths, setup.alpha, arch=info.arch,
                                        flip=flip, epochs=net.history.epochs, data_source=data.source,

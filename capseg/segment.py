@@ -42,7 +42,7 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
         raise CapsegError(f'{path}: not a capseg segmentation model')
     model = build_net(rec['arch_net'], rec['widths'])
     model.load_state_dict(rec['state_dict'])
-    return with_refinement(model, rec['alpha'], rec.get('refine')).to(get_device(device)).eval(), rec
+    return with_refinement(model, rec.get('refine')).to(get_device(device)).eval(), rec
 
 def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
