@@ -158,6 +158,10 @@ def _predict_parser(job_subparsers: argparse._SubParsersAction, job: str):
                    'darker one (default auto)')
     p.add_argument('--save-prob', action='store_true', help='also write the foreground probability as a 16-bit PNG '
                    '(0-65535) to probs/NAME.png, with --out')
+    p.add_argument('--instances', action='store_true', help='also the objects, touching ones split: a label image '
+                   '(0 = background, 1..n; uint16 TIFF) to labels/NAME.tif, one row per object (area, centroid, '
+                   'intensities, ...) to objects.csv, their count in the records, and pictures of the first 4 in '
+                   'overlays/, with --out')
 
 # %% ../nbs/13_cli.ipynb #35411bc5
 def _print_predictions(preds: Predictions) -> int:
@@ -347,6 +351,14 @@ def summary(metrics: dict, out: str | Path | None = None, title: str | None = No
     if baseline and _num(m.get(key), 'g') and _num(m.get(f'baseline_{key}'), 'g'):
         baseline += f" ({m[key] - m[f'baseline_{key}']:+.1f} points)"
     rows['result'] = _join([result, baseline and f'baseline {baseline}'], '   ')
+    if _num(m.get('object_f1'), 'g'):                         # objects against label images
+        rows['objects'] = _join([f"F1 {m['object_f1']:.1f} %", _num(m.get('object_ap_mean'), '.1f', ' %') and
+                                 f"AP 0.5:0.95 {m['object_ap_mean']:.1f} %",
+                                 _num(m.get('objects_pred'), 'd') and _num(m.get('objects_true'), 'd') and
+                                 f"{m['objects_pred']} objects found of {m['objects_true']}"], ' · ')
+        if _num(m.get('baseline_object_f1'), 'g'):
+            rows['objects'] += (f"   baseline blur + Otsu F1 {m['baseline_object_f1']:.1f} %"
+                                f" ({m['object_f1'] - m['baseline_object_f1']:+.1f} points)")
     rule = m.get('alpha_rule') if isinstance(m.get('alpha_rule'), str) and m.get('alpha_rule') != 'given' else ''
     alpha = _num(m.get('alpha'), '.3g') and _join([f"alpha {m['alpha']:.3g}", rule and f'({rule})'], ' ')
     stop = ' (stopped early)' if m.get('stopped_early') is True else ''

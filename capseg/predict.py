@@ -305,21 +305,24 @@ class Predictions:
     and `predict(items, images)` returns a dict of fields per image of a batch. With `out`, records are appended to
     `out/predictions.jsonl` batch by batch and a rerun skips the inputs already there. Under torchrun each process
     takes every `world_size()`-th input. `threads`: torch CPU threads while predicting (None: unchanged); `job` and
-    `model` are recorded in `out/predict.json` so that a rerun cannot mix two models' predictions; `format` turns a
-    record into the CLI's line."""
+    `model` (and `settings`, a dict) are recorded in `out/predict.json` so that a rerun cannot mix two models'
+    predictions; `format` turns a record into the CLI's line; `finish(out)` runs once on the main process when every
+    record is in `out/predictions.jsonl` (e.g. to gather per-image files into one)."""
     def __init__(self, items: Sequence[Item], load: Callable, predict: Callable, out=None, *, batch_size: int = 64,
                  workers: int | None = None, device=None, threads: int | None = None, job: str = '', model='',
-                 format: Callable[[dict], str] = json.dumps, desc: str = 'predicting'):
+                 format: Callable[[dict], str] = json.dumps, desc: str = 'predicting', settings: dict | None = None,
+                 finish: Callable[[Path], None] | None = None):
         if not items: raise CapsegError('no inputs to predict')
         if batch_size < 1: raise CapsegError(f'--batch-size must be ≥ 1, not {batch_size}')
         if workers is not None and workers < 0: raise CapsegError(f'--workers must be ≥ 0, not {workers}')
         if world_size() > 1 and out is None:
             raise CapsegError('under torchrun, give --out DIR: each process writes its share of the predictions there')
         self.items, self.load, self.predict, self.format, self.desc = items, load, predict, format, desc
+        self.finish = finish
         self.out = None if out is None else Path(out)
         self.batch_size, self.device, self.threads = batch_size, device, threads
         self.workers = min(4, max(0, (os.cpu_count() or 1) // world_size() - 1)) if workers is None else workers
-        if self.out is not None: self._claim(dict(job=job, model=_model_id(model)))
+        if self.out is not None: self._claim(dict(job=job, model=_model_id(model), **(settings or {})))
         self.total, self.predicted, self.failed, self.done_before, self.failed_before = len(items), 0, 0, 0, 0
 
     def _claim(self, meta: dict):
@@ -327,8 +330,11 @@ class Predictions:
         if self.out.exists() and not self.out.is_dir(): raise CapsegError(f'--out {self.out} is a file, not a folder')
         f = self.out / 'predict.json'
         if f.is_file() and (was := load_json(f)) != meta:
-            raise CapsegError(f'{self.out} holds predictions made by `{was["job"]}` with model {was["model"]!r}; '
-                              'give another --out')
+            settings = lambda m: ', '.join(f'{k}={v}' for k, v in m.items() if k not in ('job', 'model')) or 'none'
+            differ = (f' and other settings ({settings(was)}; now {settings(meta)})'
+                      if {k: was.get(k) for k in ('job', 'model')} == {k: meta[k] for k in ('job', 'model')} else '')
+            raise CapsegError(f'{self.out} holds predictions made by `{was["job"]}` with model {was["model"]!r}'
+                              f'{differ}; give another --out')
         try:
             if not f.is_file() and is_main_process(): save_json(meta, f)
         except OSError as e: raise CapsegError(f'--out {self.out}: cannot write there ({e.strerror})') from None
@@ -346,6 +352,7 @@ class Predictions:
                 barrier()
                 if is_main_process(): merge_parts(self.out)
                 barrier()      # every process returns with the merged file (also in a group its caller joined)
+            if self.finish and self.out is not None and is_main_process(): self.finish(self.out)
 
     def _todo(self) -> list[Item]:
         "This process's share of the inputs without a record in `out` (those whose prediction failed are retried)."

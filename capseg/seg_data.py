@@ -238,15 +238,16 @@ class FrameSet:
             self._cached = (i, im if self.levels is None else percentile_normalize(im, *self.levels))
         return self._cached[1]
 
-    def mask(self, i: int) -> np.ndarray | None:
-        "The uint8 {0, 1} mask of frame `i` (non-zero pixels of a label image are foreground), or None."
+    def mask(self, i: int, stored: bool = False) -> np.ndarray | None:
+        """The uint8 {0, 1} mask of frame `i` (non-zero pixels of a label image are foreground), or None; `stored`:
+        the mask as stored (a label image keeps its labels)."""
         m = None if self.masks is None else self.masks[i]
         if m is None: return None
         m = read_frame(*m) if isinstance(m, tuple) else np.asarray(m)
         if m.ndim == 3: m = m.max(-1)
         if m.shape != self.shape(i):
             raise CapsegError(f'the mask of {self.name(i)} is {m.shape[0]}×{m.shape[1]}, the image {self.shape(i)}')
-        return (m != 0).astype(np.uint8)
+        return m if stored else (m != 0).astype(np.uint8)
 
     def name(self, i: int) -> str:
         f = self.frames[i]

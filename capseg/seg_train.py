@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, cpu_threads, get_device,
                          kept_global_rng, load_weights, progress, quiet_output, save_json, seed_everything, staged, warn)
 from .seg_data import FrameSet, SegData
+from .objects import as_labels, label_objects
 from .plot import image_grid, plot_curves
 from .seg_model import *
 from .seg_model import _nchw
@@ -290,18 +291,29 @@ def _energy(x: np.ndarray, p: torch.Tensor, norm: dict, alpha: float) -> float:
     xc = (torch.from_numpy(np.ascontiguousarray(x[rows, cols])) - norm['mean']) / norm['std']
     return chan_vese_loss(xc[None, None], p[rows, cols][None, None], alpha)[0].item()
 
-def score_frames(model, frames: FrameSet, norm: dict, alpha: float, *, figure_frames: int = 4):
-    "Per-frame scores (energy, foreground, IoU both ways where masks exist, blur + Otsu), figure rows, megapixels/s."
+def _frame_objects(stored: np.ndarray, p: torch.Tensor, otsu: np.ndarray, flip: bool, otsu_ious: list) -> tuple:
+    """(true, predicted, blur + Otsu) label images of a frame: its mask as stored, the model's phase by its `flip`
+    split into objects, and Otsu's better phase (by its IoU) split the same way."""
+    fg = (p < 0.5 if flip else p > 0.5).numpy()
+    otsu = otsu != 0 if otsu_ious[0] >= otsu_ious[1] else otsu == 0
+    return as_labels(stored, 'mask'), label_objects(fg), label_objects(otsu)
+
+def score_frames(model, frames: FrameSet, norm: dict, alpha: float, *, figure_frames: int = 4,
+                 objects_flip: bool | None = None):
+    """Per-frame scores (energy, foreground, IoU both ways where masks exist, blur + Otsu), figure rows, megapixels/s;
+    with `objects_flip` (the model's polarity) also each masked frame's `objects` (`_frame_objects`)."""
     per, rows, t = [], dict(image=[], p=[], mask=[] if frames.n_masks else None), time.perf_counter()
     for i in progress(range(len(frames)), desc='scoring frames', unit='frame'):
         x = frames.image(i)
         p = frame_probability(model, x, norm)
         r = dict(energy=_energy(x, p, norm, alpha), fg=(p > 0.5).float().mean().item(), border_high=_border_high(p))
-        m = frames.mask(i)
+        stored = frames.mask(i, stored=True)
+        m = None if stored is None else (stored != 0).astype(np.uint8)
         if m is not None:
-            mt = torch.from_numpy(m)[None]
+            mt, otsu = torch.from_numpy(m)[None], blur_otsu(x[None])[0]
             r['iou'] = [v.item() * 100 for v in flip_ious(p[None], mt)]
-            r['otsu'] = [v.item() * 100 for v in flip_ious(torch.from_numpy(blur_otsu(x[None])[0]).float()[None], mt)]
+            r['otsu'] = [v.item() * 100 for v in flip_ious(torch.from_numpy(otsu).float()[None], mt)]
+            if objects_flip is not None: r['objects'] = _frame_objects(stored, p, otsu, objects_flip, r['otsu'])
         per.append(r)
         if i < figure_frames:                  # the figure shows frames at most FIGURE_SIDE px a side
             step = max(1, math.ceil(max(x.shape) / FIGURE_SIDE))

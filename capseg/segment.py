@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/segment.html.md"""
 
 # %% ../nbs/08_segment.ipynb #dddd666e
 from __future__ import annotations
-import json, os
+import copy, hashlib, json, math, os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,10 +16,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from .core import (MAX_NPZ_BYTES, CapsegError, cpu_threads, get_device, inside, load_json, load_weights,
-                         save_json)
+from .core import (MAX_NPZ_BYTES, CapsegError, atomic_write, cpu_threads, get_device, inside, load_json,
+                         load_weights, save_json)
 from .images import _pil_array, percentiles, read_frame, sample_step, to_grey
-from .predict import Item, Predictions, expand_inputs, in_memory_images, read_npz_image, save_png
+from .objects import as_labels, label_objects, object_metrics, object_table, overlay, write_table
+from .predict import (RESULTS, Item, Predictions, expand_inputs, in_memory_images, read_npz_image, read_records,
+                            record_id, save_png)
 from .seg_data import MIN_SIZE, FrameSet, SegData, load_seg_npz
 from .seg_model import *
 from .seg_model import _tiled_bands
@@ -29,7 +31,7 @@ from .seg_inputs import load_frames
 from .seg_train import _frame_metrics, score_frames
 
 # %% auto #0
-__all__ = ['FOREGROUNDS', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict']
+__all__ = ['OBJECT_KEYS', 'FOREGROUNDS', 'OVERLAYS', 'OVERLAY_SIDE', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict']
 
 # %% ../nbs/08_segment.ipynb #90c04765
 def load_model(path, device=None) -> tuple[nn.Module, dict]:
@@ -75,20 +77,52 @@ def _save_eval(result: dict, model, out):
     return result
 
 # %% ../nbs/08_segment.ipynb #4e8207a3
+OBJECT_KEYS = ('f1', 'precision', 'recall', 'ap', 'ap_mean', 'f1_mean', 'mean_matched_iou', 'count_error')
+
+def _object_results(triples: list[tuple]) -> dict:
+    """Object metrics (`capseg.objects.object_metrics`, in %) of the model and of blur + Otsu split the same way, over
+    (true, predicted, blur + Otsu) label images: `object_f1`, …, `baseline_object_f1`, …, `objects_true`,
+    `objects_pred`, `object_by_threshold`."""
+    ours, base = (object_metrics((t[0], t[k]) for t in triples) for k in (1, 2))
+    pct = lambda m, k: m[k] if k == 'count_error' else 100 * m[k]
+    return {**{f'object_{k}': pct(ours, k) for k in OBJECT_KEYS},
+            **{f'baseline_object_{k}': pct(base, k) for k in OBJECT_KEYS},
+            'objects_true': ours['objects_true'], 'objects_pred': ours['objects_pred'],
+            'baseline_objects_pred': base['objects_pred'], 'object_by_threshold': ours['by_threshold']}
+
+def _draw(images, triples, folder: Path) -> list[str]:
+    "Pictures of the predicted objects of the first `OVERLAYS` scored images: `folder/eval_objects_K.png`."
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f'eval_objects_{k}.png' for k in range(min(OVERLAYS, len(triples)))]
+    for x, t, path in zip(images, triples, paths): overlay(x, t[1], path)
+    return [str(p) for p in paths]
+
 def _evaluate_frames(f: FrameSet, net, rec, model, out) -> dict:
-    per, _, speed = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0)
-    m = _frame_metrics([r for r in per if 'iou' in r], bool(rec.get('flip')), 'test')    # the frames with masks
-    result = dict(**m, n_test=m['n_masks'], data=f.source, model=str(model), inference_megapixels_per_s=speed)
+    per, _, speed = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0, objects_flip=bool(rec.get('flip')))
+    scored = [i for i, r in enumerate(per) if 'iou' in r]              # the frames with masks
+    m = _frame_metrics([per[i] for i in scored], bool(rec.get('flip')), 'test')
+    triples = [per[i].pop('objects') for i in scored]
+    pictures = _draw((f.image(i) for i in scored[:OVERLAYS]), triples, Path(out or model))
+    result = dict(**m, **_object_results(triples), n_test=m['n_masks'], data=f.source, model=str(model),
+                  inference_megapixels_per_s=speed, overlays=pictures)
     return _save_eval(result, model, out)
+
+def _phase(p: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    "The phase of `p` (N×H×W, `> 0.5` or `< 0.5`) with the better IoU over all images: how the npz score flips."
+    flipped = batch_flip(torch.from_numpy(p)[:, None].float(), torch.from_numpy(masks)[:, None])[1]
+    return p < 0.5 if flipped else p > 0.5
 
 def _evaluate(d, net, rec, model, out):
     x = normalize(d.image_test, rec['norm'])
     p = infer(net, x)
     s = score(x, p, d.mask_test, rec['alpha'])
     base = baseline_scores(d.image_test, d.mask_test)
+    ours, otsu = _phase(p[:, 0].numpy(), d.mask_test), _phase(blur_otsu(d.image_test).astype(np.float32), d.mask_test)
+    triples = [(as_labels(t > 0), label_objects(a), label_objects(b)) for t, a, b in zip(d.mask_test, ours, otsu)]
     result = dict(test_iou=s['iou_batch_level'], test_iou_per_image=s['iou_per_image'],
                   test_loss=float(np.mean(s['loss'])), test_flipped_batches=s['flipped_batches'],
                   baseline_test_iou=base['test_iou'], baseline_test_iou_per_image=base['test_iou_per_image'],
+                  **_object_results(triples),
                   inference_images_per_s=images_per_second(net, x), n_test=len(x), data=d.source, model=str(model))
     return _save_eval(result, model, out)
 
@@ -188,27 +222,55 @@ def _masks_from(bands, image: _Input, flip: bool, foreground: str, with_prob: bo
     return mask, prob, 1 - above / (h * w)
 
 # %% ../nbs/08_segment.ipynb #52430f99
-def _save(a: np.ndarray, out, folder: str, name: str) -> str:
-    path = inside(os.path.join(out, folder), name + '.png')
+def _path(out, folder: str, name: str, suffix: str) -> Path:
+    "`out/folder/NAME.suffix`, checked to stay under `out`, its folder made."
+    path = inside(os.path.join(out, folder), name + suffix)
     os.makedirs(path.parent, exist_ok=True)
-    return save_png(a, str(path))
+    return path
 
-def _record(bands, image: _Input, item: Item | None, out, flip: bool, *, foreground: str, save_prob: bool) -> dict:
-    "An image's record: mask (and prob) as arrays, or with `out` the PNGs written to `out/masks/`, `out/probs/`."
+def _save(a: np.ndarray, out, folder: str, name: str) -> str:
+    return save_png(a, str(_path(out, folder, name, '.png')))
+
+OVERLAYS, OVERLAY_SIDE = 4, 2048    # with --out, the objects of the first 4 inputs drawn, at most 2048 px a side
+
+def _objects(mask: np.ndarray, image: _Input, item: Item | None, out, drawn: frozenset) -> dict:
+    """An image's objects: `objects` (their count) and, without `out`, `labels` (the label image) and `table` (see
+    `object_table`; intensities of the image as read); with `out`, `labels/NAME.tif`, `objects/NAME.csv` and for
+    the items in `drawn` `overlays/NAME.png` written, and their paths."""
+    import tifffile
+    labels = label_objects(mask)
+    table = object_table(labels, image.frame if image.frame.ndim == 2 else image.grey())
+    if out is None: return dict(objects=len(table['label']), labels=labels, table=table)
+    path = _path(out, 'labels', item.name, '.tif')
+    tifffile.imwrite(path, labels, compression='zlib')
+    fields = dict(objects=len(table['label']), labels=str(path),
+                  objects_csv=str(write_table(_path(out, 'objects', item.name, '.csv'), [(item.name, table)])))
+    if item.id in drawn:
+        every, picture = slice(None, None, math.ceil(max(labels.shape) / OVERLAY_SIDE)), _path(out, 'overlays',
+                                                                                            item.name, '.png')
+        overlay(image.grey(every, every), labels[every, every], picture)
+        fields['overlay'] = str(picture)
+    return fields
+
+def _record(bands, image: _Input, item: Item | None, out, flip: bool, *, foreground: str, save_prob: bool,
+            instances: bool = False, drawn: frozenset = frozenset()) -> dict:
+    """An image's record: mask (and prob) as arrays, or with `out` the PNGs written to `out/masks/`, `out/probs/`;
+    with `instances`, its objects (`_objects`)."""
     mask, prob, fraction = _masks_from(bands, image, flip, foreground, save_prob)
     h, w = mask.shape
+    objects = _objects(mask, image, item, out, drawn) if instances else {}
     if out is not None:
         mask = _save(mask, out, 'masks', item.name)
         if save_prob: prob = _save(prob, out, 'probs', item.name)
     return dict(mask=mask, foreground_fraction=round(fraction, 6), height=h, width=w,
-                **({'prob': prob} if save_prob else {}))
+                **({'prob': prob} if save_prob else {}), **objects)
 
 def _segment_batch(net, rec, out, items, images, *, tiles: tuple, foreground: str = 'auto',
-                   save_prob: bool = False) -> list[dict]:
+                   save_prob: bool = False, instances: bool = False, drawn: frozenset = frozenset()) -> list[dict]:
     "Each image's record: images of one size go through the network together, a large image tile by tile."
     side, records, sizes = tiles[0], [None] * len(images), {}
     record = lambda bands, k: _record(bands, images[k], items[k], out, bool(rec.get('flip')), foreground=foreground,
-                                      save_prob=save_prob)
+                                      save_prob=save_prob, instances=instances, drawn=drawn)
     for k, im in enumerate(images):
         if im.shape[0] * im.shape[1] > side * side:
             records[k] = record(_tiled_bands(net, im.network, im.shape, *tiles), k)
@@ -222,37 +284,71 @@ def _segment_batch(net, rec, out, items, images, *, tiles: tuple, foreground: st
 # %% ../nbs/08_segment.ipynb #59eeb48c
 ACCEPTED = 'segment.predict takes image paths, folders, globs, npz files, NumPy arrays or PIL images'
 
-def _predict_arrays(net, rec, images: list, many: bool, *, out, channel, save_prob, **options):
-    "The masks of in-memory images (a list when `many`)."
+def _predict_arrays(net, rec, images: list, many: bool, *, out, channel, save_prob, instances, **options):
+    "The masks (label images with `instances`) of in-memory images (a list when `many`)."
     if out is not None or save_prob:
         raise CapsegError('out= and save_prob= are for image files; arrays and PIL images get their masks returned')
+    if not many and isinstance(images[0], np.ndarray) and images[0].ndim > 2:     # N×H×W: N frames, as train reads it
+        images, many = list(images[0]), True
     ready = [_prepare(_pil_array(x) if isinstance(x, Image.Image) else x, rec, channel) for x in images]
     with cpu_threads(rec['recipe'].get('threads')):
-        records = _segment_batch(net, rec, None, [None] * len(ready), ready, save_prob=False, **options)
-    masks = [r['mask'] for r in records]
-    return masks if many else masks[0]
+        records = _segment_batch(net, rec, None, [None] * len(ready), ready, save_prob=False, instances=instances,
+                                 **options)
+    results = [r['labels' if instances else 'mask'] for r in records]
+    return results if many else results[0]
+
+def _loaded(model, device) -> tuple[nn.Module, dict, str]:
+    "(network, record, an id for predict.json) of a model folder or `model.pt`, or of what `load_model` returned."
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module) and isinstance(model[1], dict):
+        net, rec = model
+        weights = hashlib.sha1(b''.join(t.detach().cpu().numpy().tobytes() for t in net.state_dict().values()))
+        return copy.deepcopy(net).to(get_device(device)).eval(), rec, f'a loaded model (sha1 {weights.hexdigest()[:12]})'
+    if not isinstance(model, (str, os.PathLike)):
+        raise CapsegError(f'model must be a model folder or what load_model returns, not {type(model).__name__}')
+    return *load_model(model, device), model
+
+def _gather_objects(out: Path):
+    "`out/objects.csv`: the per-image tables of the records in `out/predictions.jsonl`, in their order."
+    with atomic_write(out / 'objects.csv', 'w') as f:
+        header = False
+        for r in read_records(out / RESULTS):
+            if 'objects_csv' not in r or not os.path.isfile(r['objects_csv']): continue
+            with open(r['objects_csv'], encoding='utf-8') as part:
+                first = part.readline()
+                if not header: f.write(first); header = True
+                f.writelines(part)
+        if not header: f.write('image,label\n')
 
 def predict(model, inputs, out=None, device=None, *, batch_size: int = 64, workers: int | None = None,
             max_npz_bytes: int = MAX_NPZ_BYTES, channel: int | None = None, foreground: str = 'auto',
-            save_prob: bool = False, tile: int | None = None):
+            save_prob: bool = False, instances: bool = False, tile: int | None = None):
     """Segment image files (any format `capseg.images` reads; a TIFF stack gives a record per frame), folders of them
     (searched recursively), glob patterns and npz files (array `images`, `image_test` or `image_train`). Iterate the
     result for one record per input: `path` (and `index` in an npz or a stack), `mask` (a bool H×W array; with `out`,
     the 0/255 PNG written to `out/masks/`), with `save_prob` `prob` (uint16, 0–65535; with `out` the 16-bit PNG in
     `out/probs/`), `foreground_fraction`, `height`, `width` — or `error`. With `out` the records also go to
     `out/predictions.jsonl`, and a rerun skips the inputs already there (`capseg.predict.Predictions`).
-    A NumPy array or PIL image (or a list of them) gets its bool mask (a list of masks) back directly."""
+    `instances`: also the objects (see `capseg.objects.label_objects`): `objects` (their count), `labels` (a label
+    image, uint16 or uint32; with `out`, the TIFF `out/labels/NAME.tif`) and `table` (one row per object,
+    `object_table`; with `out`, `out/objects/NAME.csv`, all of them gathered in `out/objects.csv` at the end, and
+    `out/overlays/NAME.png` for the first `OVERLAYS` inputs).
+    `model`: a folder written by `train` (or its `model.pt`), or what `load_model` returns.
+    A NumPy array or PIL image gets its bool mask (its label image with `instances`) back directly; a list of them,
+    or an N×H×W array (N frames, as `train` reads it), a list."""
     if foreground not in FOREGROUNDS: raise CapsegError(f'foreground must be auto, bright or dark, not {foreground!r}')
     arrays = in_memory_images(inputs, ACCEPTED)
-    net, rec = load_model(model, device)
+    net, rec, model_id = _loaded(model, device)
     net = fused_for_inference(net)      # measured on a CPU: 32×32 images 1.7× faster in channels-last, BatchNorm folded
-    options = dict(tiles=tiling(net, tile), foreground=foreground)
+    options = dict(tiles=tiling(net, tile), foreground=foreground, instances=instances)
     if arrays is not None:
         return _predict_arrays(net, rec, *arrays, out=out, channel=channel, save_prob=save_prob, **options)
     items = expand_inputs(inputs, npz=True, skip=out, max_npz_bytes=max_npz_bytes, stacks=True)
+    drawn = frozenset(it.id for it in items[:OVERLAYS]) if instances else frozenset()
     return Predictions(items, partial(_load_input, rec=rec, channel=channel),
-                       partial(_segment_batch, net, rec, out, save_prob=save_prob, **options), out=out,
+                       partial(_segment_batch, net, rec, out, save_prob=save_prob, drawn=drawn, **options), out=out,
                        batch_size=batch_size, workers=workers, device=next(net.parameters()).device,
-                       threads=rec['recipe'].get('threads'), job='segment', model=model,
-                       format=lambda r: json.dumps({k: v for k, v in r.items() if k not in ('mask', 'prob')}),
-                       desc='segmenting')
+                       threads=rec['recipe'].get('threads'), job='segment', model=model_id,
+                       format=lambda r: json.dumps({k: v for k, v in r.items()
+                                                    if k not in ('mask', 'prob', 'labels', 'table')}),
+                       desc='segmenting', settings=dict(instances=True) if instances else None,
+                       finish=_gather_objects if instances else None)
