@@ -46,10 +46,10 @@ def object_radius(mask, sample: int = BLOCK) -> float:
     fg = ndi.binary_fill_holes(foreground(mask)[_central(np.shape(mask), sample)])
     cc, n = ndi.label(fg, _EIGHT)
     if n == 0: return 0.0
-    inscribed = ndi.maximum(ndi.distance_transform_edt(fg), cc, np.arange(1, n + 1))
-    area = np.bincount(cc.ravel())[1:]
-    order = np.argsort(inscribed, kind='stable')
-    cumulative = np.cumsum(area[order])
+    inscribed = np.zeros(n + 1)
+    np.maximum.at(inscribed, cc[fg], ndi.distance_transform_edt(fg)[fg])
+    order = np.argsort(inscribed[1:], kind='stable') + 1                  # the median weighted by area
+    cumulative = np.cumsum(np.bincount(cc.ravel())[order])
     return float(inscribed[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 # %% ../nbs/05b_objects.ipynb #03bd23f7
@@ -62,25 +62,76 @@ def _fill_small_holes(fg: np.ndarray, area: float) -> np.ndarray:
     small[np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))] = False     # open to the outside
     return fg | small[bg]
 
+def _sparse(n: int, shape: tuple) -> bool:
+    "Whether `n` components in an image of `shape` are few enough to treat one box at a time (measured: < 1 per 2,000 px)."
+    return n * 2000 < shape[0] * shape[1]
+
+def _boxes(cc: np.ndarray, ids) -> list:
+    "The box (with a pixel of background around it) of each component `ids` of label image `cc`."
+    boxes = ndi.find_objects(cc)
+    return [tuple(slice(max(0, s.start - 1), s.stop + 1) for s in boxes[k - 1]) for k in ids]
+
+def _distance(cc: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The distance (px, float32) to the background of the pixels of components `ids` of label image `cc`: of the
+    whole image, or when they are sparse one component's box at a time (the same values, less background to
+    transform)."""
+    keep = np.zeros(cc.max() + 1, bool)
+    keep[ids] = True
+    if not _sparse(len(ids), cc.shape): return ndi.distance_transform_edt(keep[cc]).astype(np.float32)
+    dist = np.zeros(cc.shape, np.float32)
+    for k, box in zip(ids, _boxes(cc, ids)):
+        own = cc[box] == k
+        np.copyto(dist[box], ndi.distance_transform_edt(own), where=own)
+    return dist
+
+def _grow(dist: np.ndarray, markers: np.ndarray, cc: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The watershed of `-dist` from `markers` over the components `ids` of `cc` (those with two seeds or more): of the
+    whole image, or when they are sparse one component's box at a time (the same objects)."""
+    from skimage.segmentation import watershed
+    keep = np.zeros(cc.max() + 1, bool)
+    keep[ids] = True
+    if not _sparse(len(ids), cc.shape): return watershed(-dist, markers, mask=keep[cc])
+    out = np.zeros(cc.shape, np.int32)
+    for k, box in zip(ids, _boxes(cc, ids)):
+        own = cc[box] == k
+        np.copyto(out[box], watershed(-dist[box], markers[box] * own, mask=own), where=own)
+    return out
+
 def _split(fg: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """(labels int32, seeds k×2) of foreground `fg` with touching objects split: object k grows from seed k − 1;
     fragments are dropped (their seeds stay, with no pixels)."""
     from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-    dist = ndi.distance_transform_edt(fg)
+    smallest = MIN_AREA * math.pi * radius ** 2
+    cc, n = ndi.label(fg, _EIGHT)
+    area = np.bincount(cc.ravel())
+    big = np.flatnonzero(area[1:] >= smallest) + 1                  # a component smaller than an object: a fragment
+    dist = _distance(cc, big)
     seeds = peak_local_max(dist, min_distance=max(1, round(SEED_SPACING * radius)), threshold_abs=0,
                            exclude_border=False)
-    cc, n = ndi.label(fg, _EIGHT)
-    seeded = np.zeros(n + 1, bool)
-    seeded[cc[tuple(seeds.T)]] = True
-    if not seeded[1:].all():                          # a component without a seed: one at its deepest pixel
-        deepest = ndi.maximum_position(dist, cc, np.flatnonzero(~seeded[1:]) + 1)
-        seeds = np.concatenate([seeds, np.asarray(deepest, np.intp).reshape(-1, 2)])
+    count = np.bincount(cc[tuple(seeds.T)], minlength=n + 1)
+    count[0] = 1
+    if not count[big].all():                          # a component without a seed: one at its deepest pixel
+        where = np.flatnonzero(dist.ravel())
+        ids, depth = cc.ravel()[where], dist.ravel()[where]
+        deepest = np.zeros(n + 1, np.float32)
+        np.maximum.at(deepest, ids, depth)
+        pick = (count[ids] == 0) & (depth == deepest[ids])
+        first = np.unique(ids[pick], return_index=True)[1]
+        seeds = np.concatenate([seeds, np.column_stack(np.unravel_index(where[pick][first], fg.shape))])
+        count[ids[pick][first]] = 1
     seeds = seeds[np.lexsort((seeds[:, 1], seeds[:, 0]))]          # row by row: objects numbered top to bottom
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(seeds.T)] = np.arange(1, len(seeds) + 1)
-    labels = watershed(-dist, markers, mask=fg)
-    fragment = np.bincount(labels.ravel(), minlength=len(seeds) + 1) < MIN_AREA * math.pi * radius ** 2
+    home = cc[tuple(seeds.T)]                                        # the component of each seed
+    alone = count[home] == 1
+    one = np.zeros(n + 1, np.int32)                                  # a component with one seed is one object,
+    one[home[alone]] = np.flatnonzero(alone) + 1                     # the object of that seed
+    labels = one[cc]
+    several = big[count[big] > 1]                                    # the others: the watershed splits them
+    if len(several):
+        grown = _grow(dist, markers, cc, several)
+        np.copyto(labels, grown, where=grown > 0)
+    fragment = np.bincount(labels.ravel(), minlength=len(seeds) + 1) < smallest
     fragment[0] = False
     labels[fragment[labels]] = 0
     return labels, seeds
