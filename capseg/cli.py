@@ -134,7 +134,7 @@ def _caption_parser(sub: argparse._SubParsersAction):
     data_args(p)
     p.add_argument('--model', type=Path, required=True,
                    help='folder written by `capseg caption train` (its best/ is scored) or a save_pretrained folder')
-    p.add_argument('--split', default='test', choices=['train', 'val', 'test'], help='the split to score (default test)')
+    p.add_argument('--split', default='test', choices=['train', 'val', 'test'], help='the split scored (default test)')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     generate_args(p)
     _output_flags(p, quiet=False)

@@ -55,7 +55,11 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device to use: `device`, else `$CAPSEG_DEVICE`, else cuda (this process's GPU under torchrun) > mps >
     cpu."""
     device = device or os.environ.get('CAPSEG_DEVICE')
-    if device: return torch.device(device)
+    if device:
+        try: return torch.device(device)
+        except (RuntimeError, TypeError):
+            raise CapsegError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                              f"not {device!r}") from None
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
@@ -303,7 +307,7 @@ def _still_linked(path: Path, label: str, fd: int):
     if not same: raise _in_use(label)
 
 def _refuse_finished(out: Path, finished: Sequence[str]):
-    "A one-line `CapsegError` when `out` holds every file of `finished`: a finished run's model, which training replaces."
+    "A one-line `CapsegError` when `out` holds every file of `finished`: a finished run's model."
     if finished and all((out / name).exists() for name in finished):
         raise CapsegError(f'--out {out} already holds a trained model ({" and ".join(finished)}); give --overwrite to '
                           'replace it, --resume to continue it, or another --out')

@@ -441,6 +441,6 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     out, device = as_path(out, 'out'), get_device(device)
     info = _Settings(arch, seed, supervised, resume, device, _fingerprint(d), d.source, t_start)
     finished = () if resume or overwrite else RESULT_FILES[:1]        # a finished run's model.pt: refused at once
-    with claim_output(out, finished=finished), cpu_threads(recipe.threads if device.type == 'cpu' else None), quiet_output(quiet), \
-         kept_global_rng():
+    with claim_output(out, finished=finished), cpu_threads(recipe.threads if device.type == 'cpu' else None), \
+         quiet_output(quiet), kept_global_rng():
         return _run(d, recipe, out, info, figures=figures, callback=callback)

@@ -99,7 +99,9 @@ X = np.random.default_rng(0).random((4, 32, 32), np.float32)
     (lambda seg, out: seg.train(images=[], out=out), 'images= is an empty list: give at least one image'),
     (lambda seg, out: seg.train(3, out=out), 'data= takes an npz path, a SegData or arrays'),
     (lambda seg, out: seg.train(shapes=True, out=3), 'out must be a path'),
-], ids=['predict-model', 'evaluate-model', 'epochs', 'lr', 'seed', 'noise', 'empty-array', 'empty-list', 'data', 'out'])
+    (lambda seg, out: seg.train(images=X, out=out, device='gpu'), "device must be a torch device such as 'cpu'"),
+], ids=['predict-model', 'evaluate-model', 'epochs', 'lr', 'seed', 'noise', 'empty-array', 'empty-list', 'data', 'out',
+        'device'])
 def test_api_arguments_named(call, words, tmp_path):
     from capseg import segment
     with pytest.raises(CapsegError) as e: call(segment, tmp_path / 'run')
