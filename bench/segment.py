@@ -99,14 +99,14 @@ def main(argv=None):
         data = make_shapes(noise=noise, seed=a.data_seed)
         out = a.out / f'noise{key}'
         run('blur_otsu', lambda: baseline_scores(data.image_test, data.mask_test), results, key)
-        run('default', lambda: train(data, out=out / 'default', device='cpu', **short), results, key)
+        run('default', lambda: train(data, out=out / 'default', device='cpu', overwrite=True, **short), results, key)
         chosen = results['noise'][key]['default']['widths']
-        run('supervised', lambda: train(data, out=out / 'supervised', device='cpu', supervised=True, figures=False,
-                                        widths=chosen, **short), results, key)
+        run('supervised', lambda: train(data, out=out / 'supervised', device='cpu', overwrite=True, supervised=True,
+                                        figures=False, widths=chosen, **short), results, key)
         seed_epochs = 3 if a.quick else a.seed_epochs
         snapshot = snapshot_at(snap, out / 'seed') if seed_epochs > snap else None   # seed_60 scored mid-run
         run(f'seed_{seed_epochs}', lambda: train(data, out=out / 'seed', arch='seed', epochs=seed_epochs, device='cpu',
-                                                 callback=snapshot), results, key)
+                                                 overwrite=True, callback=snapshot), results, key)
         if seed_epochs > snap: run('seed_60', lambda: score_snapshot(out / 'seed' / f'epoch{snap}.pt', data), results, key)
     d = results['noise'].get('0.5', {}).get('default')
     if d:

@@ -128,14 +128,15 @@ def methods(data: SegData, out: Path, quick: bool) -> dict:
     def images():                   # what a user does: the raw 16-bit half as a file, no masks anywhere near it
         return files_run(out / 'images', quick)
     def default():
-        r = train(data, out=out / 'default', device='cpu', figures=False, **short)
+        r = train(data, out=out / 'default', device='cpu', overwrite=True, figures=False, **short)
         return _with_tiles(r, out / 'default', data)
     def default_crops():
-        r = train(overlapping(data), out=out / 'default_crops', device='cpu', figures=False, **short)
+        r = train(overlapping(data), out=out / 'default_crops', device='cpu', overwrite=True, figures=False, **short)
         return _with_tiles(r, out / 'default_crops', data)
     def supervised():
         chosen = load_json(out / 'default' / 'metrics.json')['widths']
-        r = train(data, out=out / 'supervised', device='cpu', figures=False, supervised=True, widths=chosen, **short)
+        r = train(data, out=out / 'supervised', device='cpu', overwrite=True, figures=False, supervised=True,
+                  widths=chosen, **short)
         return _with_tiles(r, out / 'supervised', data)
     return {'images': images, 'default': default, 'default_crops': default_crops,
             'blur_otsu': lambda: scored(blur_otsu, data),
@@ -155,8 +156,8 @@ def files_run(out: Path, quick: bool) -> dict:
     (out / 'files').mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(out / 'files' / 'train.tif', d['image'][:, :SPLIT_COLUMN])
     t = time.perf_counter()
-    m = train(images=[out / 'files' / 'train.tif'], out=out / 'run', device='cpu', figures=False, quiet=True,
-              **(dict(epochs=2) if quick else {}))
+    m = train(images=[out / 'files' / 'train.tif'], out=out / 'run', device='cpu', overwrite=True, figures=False,
+              quiet=True, **(dict(epochs=2) if quick else {}))
     seconds = time.perf_counter() - t
     mask = segment.predict(out / 'run', d['image'][:, SPLIT_COLUMN:], device='cpu')
     fg = tiles((d['labels'][:, SPLIT_COLUMN:] > 0).astype(np.uint8))

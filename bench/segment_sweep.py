@@ -52,13 +52,14 @@ UNET_EPOCHS = 30      # at most; early stop after 8 epochs without a lower valid
 def methods(data, out: Path, quick: bool) -> dict:
     "name → a function that trains or runs the method on `data` and returns its scores."
     short = dict(epochs=2) if quick else {}
-    default = lambda: train(data, out=out / 'default', device='cpu', figures=False, **short)
+    default = lambda: train(data, out=out / 'default', device='cpu', overwrite=True, figures=False, **short)
     def supervised():
         chosen = load_json(out / 'default' / 'metrics.json')['widths']
-        return train(data, out=out / 'supervised', device='cpu', figures=False, supervised=True, widths=chosen, **short)
+        return train(data, out=out / 'supervised', device='cpu', overwrite=True, figures=False, supervised=True,
+                     widths=chosen, **short)
     return {'default': default,
             'seed_60': lambda: train(data, out=out / 'seed', arch='seed', epochs=2 if quick else 60, device='cpu',
-                                     figures=False),
+                                     overwrite=True, figures=False),
             'blur_otsu': lambda: baseline_scores(data.image_test, data.mask_test),
             'chan_vese': lambda: baseline_scores(data.image_test[:64] if quick else data.image_test,
                                                  data.mask_test[:64] if quick else data.mask_test, 'chan_vese'),

@@ -34,7 +34,12 @@ __all__ = ['SHAPES_DEFAULT', 'ACCEPTED', 'TrainConfig', 'make_optimizer', 'batch
 # %% ../nbs/12_caption.ipynb #a90bad57
 @dataclass
 class TrainConfig:
-    "Training settings; `None` fields take the defaults of the model kind (`for_model`)."
+    """Training settings; `None` fields take the defaults of the model kind (`for_model`): `epochs`, `batch_size`
+    (images per batch and process), `lr` (the peak learning rate); `weight_decay` (AdamW's), `warmup` (the share of
+    the optimiser steps spent warming up, then cosine decay to 0), `accum` (batches per optimiser step), `clip` (the
+    largest gradient norm), `amp` (mixed precision: 'auto', 'bf16', 'fp16' or 'off'), `freeze_encoder` (train the
+    decoder only), `early_stop` (stop after this many epochs without a better validation CIDEr; None or 0: never),
+    `seed`."""
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -60,19 +65,20 @@ class TrainConfig:
         return replace(self, **{k: v for k, v in d.items() if getattr(self, k) is None})
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.01, device=None) -> torch.optim.AdamW:
-    "AdamW, fused where the device allows."
+    "AdamW over `params` at learning rate `lr` with `weight_decay`, fused where `device` (a torch device) allows."
     fused = get_device(device).type in ('cuda', 'cpu')
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({'fused': True} if fused else {}))
 
 def batch_loss(model, batch: dict, device, autocast=None) -> torch.Tensor:
-    "The model's mean token loss on a collated batch (as float32)."
+    """`model`'s mean token loss (as float32) on `batch`, a collated batch moved to `device`, under the `autocast`
+    context (None: full precision)."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with autocast or nullcontext(): return model(**batch).loss.float()
 
 # %% ../nbs/12_caption.ipynb #57a044a3
 def optimizer_step(opt, params, scaler=None, clip: float = 1.0) -> bool:
-    """Clip the gradients and step (through the GradScaler for fp16); False, and no step, when the gradients are not
-    finite."""
+    """Clip the gradients of `params` to norm `clip` and step optimiser `opt` (through GradScaler `scaler` for fp16,
+    None: none); False, and no step, when the gradients are not finite."""
     if scaler is not None: scaler.unscale_(opt)
     ok = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip)))
     if scaler is not None: scaler.step(opt); scaler.update()   # the scaler skips a non-finite step itself
@@ -81,7 +87,8 @@ def optimizer_step(opt, params, scaler=None, clip: float = 1.0) -> bool:
     return ok
 
 def make_schedule(opt, steps: int, warmup: float = 0.05):
-    "transformers' linear warm-up over a `warmup` share of the `steps` (at least one), then cosine decay to 0."
+    """The learning rate schedule of optimiser `opt`: transformers' linear warm-up over a `warmup` share of the `steps`
+    (at least one), then cosine decay to 0."""
     from transformers import get_cosine_schedule_with_warmup
     return get_cosine_schedule_with_warmup(opt, max(1, int(warmup * steps)), steps)
 
@@ -108,8 +115,8 @@ def _write_folder(cap: Captioner, final: Path, info: dict, state: dict | None = 
         if state is not None: torch.save(state, tmp/'trainer_state.pt')
 
 def save_checkpoint(cap: Captioner, state: dict, out: Path):
-    """Write the model, tokenizer, processor, trainer state and data source to `out/checkpoint`, atomically (a folder,
-    then renames)."""
+    """Write `cap`'s model, tokenizer and processor, the trainer state `state` (a dict of tensors and plain data; its
+    `source`, the data source) to `out/checkpoint`, atomically (a folder, then renames)."""
     _write_folder(cap, out/'checkpoint', {**state.get('source', {}), 'tiny': cap.tiny}, state)
 
 def _checkpoint_dir(out: Path) -> Path | None:
@@ -136,8 +143,8 @@ def _load_state(d: Path) -> dict:
 
 # %% ../nbs/12_caption.ipynb #897d7a29
 def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
-    """This process's batches of an epoch: `range(n)` shuffled by `seed`, cut into global batches of `batch_size` ×
-    processes, each process taking its own block of each."""
+    """This process's batches of an epoch over `n` images: `range(n)` shuffled by `seed`, cut into global batches of
+    `batch_size` × processes, each process taking its own block of each."""
     ws = world_size()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     order = torch.cat([order, order[:(-n) % ws]])   # as many images for every process (fewer than ws seen twice)
@@ -269,7 +276,10 @@ def _end_epoch(run: _Run, epoch: int, finite: list[float], val: dict, t0: float)
 # %% ../nbs/12_caption.ipynb #ab1b9e1d
 def fit(cap: Captioner, train_ds: CaptionDataset, val_ds: CaptionDataset | None, out: str | Path, cfg: TrainConfig, *,
         resume: bool = False, device=None, source: dict | None = None) -> tuple[History, float]:
-    "Train `cap.model` (in every process of a `torchrun`): checkpoints in `out/checkpoint`, the best in `out/best`."
+    """Train `cap.model` (in every process of a `torchrun`) on data set `train_ds` as `cfg` says, validating on `val_ds`
+    (None: no validation, no best model) after each epoch: checkpoints in `out/checkpoint`, the best in `out/best`;
+    returns (history, training seconds). `resume`: continue from `out/checkpoint`; `device`: a torch device (default:
+    `capseg.core.get_device`); `source`: the data source, recorded in the checkpoint for `--resume` to check."""
     run = _start(cap, train_ds, cfg, Path(out), get_device(device), source or {})
     if resume and (ck := _checkpoint_dir(run.out)) is not None: _resume(run, ck)
     elif is_main_process():   # a fresh run: no best model of an earlier one
@@ -308,7 +318,10 @@ def _beam_cache(model) -> dict:
 @torch.no_grad()
 def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64, *, generation=None, device=None,
                       amp: str = 'auto', bar: bool = True) -> list[str]:
-    "Captions of uint8 images (N×3×H×W at the model's size), in batches, decoded as `decoding(cap.model, generation)`."
+    """`cap`'s captions of `pixels`, uint8 images (N×3×H×W at the model's size), in batches of `batch_size`, decoded as
+    `decoding(cap.model, generation)` (`generation`: generation-config fields to change, a dict or a
+    `GenerationConfig`), on `device` with mixed precision `amp` ('auto', 'bf16', 'fp16' or 'off'); `bar`: a progress
+    bar."""
     device = get_device(device)
     tf, gen = ImageTransform(cap.processor), decoding(cap.model, generation)
     autocast, _ = amp_context(device, amp, n_params(cap.model))
@@ -325,9 +338,10 @@ def generate_captions(cap: Captioner, pixels: torch.Tensor, batch_size: int = 64
 # %% ../nbs/12_caption.ipynb #a6ddc342
 def score_dataset(cap: Captioner, ds: CaptionDataset, *, generation=None, device=None,
                   meteor: bool | None = None) -> tuple[dict, list[dict]]:
-    """Caption every image of `ds`, shared out among the processes: (metrics, samples as {image, prediction,
-    references}), in every process; `meteor=False` (or `CAPSEG_METEOR=0` where `meteor` is None) skips METEOR's Java
-    start (~14 s)."""
+    """Caption every image of data set `ds` with `cap`, shared out among the processes: (metrics, samples as {image,
+    prediction, references}), in every process. `generation`: generation-config fields to change (as
+    `generate_captions`); `device`: a torch device; `meteor=False` (or `CAPSEG_METEOR=0` where `meteor` is None) skips
+    METEOR's Java start (~14 s)."""
     init_distributed(get_device(device))
     ws, preds = world_size(), [None] * len(ds)
     for k, part in enumerate(gather_objects(generate_captions(cap, ds.pixels[rank()::ws], generation=generation,
@@ -403,10 +417,39 @@ def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=
           resume: bool = False, lr: float | None = None, accum: int = 1, amp: str = 'auto',
           freeze_encoder: bool = False, early_stop: int | None = None, limit: int | None = None, device=None,
           shapes_kw: dict | None = None, generation=None, allow_outside: bool = False,
-          quiet: bool = False) -> dict | None:
-    "Train or fine-tune on one data source, then caption the test split with the best model, all into `out`; see below."
+          quiet: bool = False, overwrite: bool = False) -> dict | None:
+    """Train or fine-tune on one data source, then caption the test split with the best model, all into `out`; returns
+    the metrics (None in the other processes of a torchrun). The CLI's `capseg caption train` flags are these
+    arguments.
+
+    The data, one of:
+    - `data`: a folder of images with a captions JSON (`[{"image": name, "captions": [...]}, ...]`)
+    - `flickr8k`: a Flickr8k folder (downloaded there when missing)
+    - `karpathy`: a Karpathy split file (dataset_flickr8k.json, ...), with `images`, its image folder
+    - `shapes`: True for generated captioned shapes (`shapes_kw`: the generator's arguments, e.g. `n_train`)
+    - `limit`: only the first `limit` images of each split; `allow_outside`: accept image paths in the caption data
+      that lead outside its image folder
+
+    The rest:
+    - `model`: 'tiny' (trained from scratch, its tokenizer on the training captions), a `save_pretrained` folder or a
+      hub name
+    - `out`: the output folder (default runs/caption); one that holds a finished run (`checkpoint/` and
+      `metrics.json`) is refused unless `resume` or `overwrite`
+    - `resume`: continue from `out/checkpoint` (with its seed, accumulation, precision and frozen encoder);
+      `overwrite`: train afresh over the run in `out`
+    - `epochs`, `batch_size` (images per batch and process), `lr` (peak learning rate): None takes the model kind's
+      (tiny: 8 epochs, 32, 1.5e-3; pretrained: 3 epochs, 8, 5e-5)
+    - `accum`: batches per optimiser step (default 1); `amp`: mixed precision 'auto', 'bf16', 'fp16' or 'off';
+      `freeze_encoder`: train the decoder only; `early_stop`: stop after this many epochs without a better validation
+      CIDEr (None: never)
+    - `generation`: generation-config fields to change for the run's decoding (a dict, e.g. `{'num_beams': 2}`), saved
+      with the model
+    - `seed`: the random seed (default 0); `device`: a torch device (default: `capseg.core.get_device`); `quiet`: no
+      progress bars or lines"""
     out, device = Path(out), get_device(device)
-    with claim_output(out, probe_bytes=4096), distributed(device):   # the room a run needs: `_check_space`, below
+    finished = () if resume or overwrite else ('checkpoint', 'metrics.json')     # a finished run: refused at once
+    # the room a run needs: `_check_space`, below
+    with claim_output(out, probe_bytes=4096, finished=finished), distributed(device):
         seed_everything(seed)
         source = _source(data, flickr8k, shapes, karpathy, images, limit=limit, seed=seed, model=model,
                          shapes_kw=shapes_kw)
@@ -440,7 +483,12 @@ def train(data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=
 def evaluate(model: str | Path, data=None, flickr8k=None, shapes: bool = False, karpathy=None, images=None, *,
              split: str = 'test', out: str | Path | None = None, limit: int | None = None, device=None, generation=None,
              allow_outside: bool = False) -> dict | None:
-    "The caption metrics of a trained model on a whole split, written to `out/metrics.json` (default: `model`)."
+    """The caption metrics of a trained `model` (a `train --out` folder, whose `best/` it scores when there is one, or
+    a `save_pretrained` folder) on the whole `split` ('train', 'val' or 'test') of one data source -- `data`,
+    `flickr8k`, `karpathy` with `images`, or `shapes`, as `train` takes them, with `limit` and `allow_outside` --
+    written to `out/metrics.json` (default: `model`) with samples.json and gallery.png; returns the metrics (None in
+    the other processes of a torchrun). `generation`: generation-config fields to change for this scoring only;
+    `device`: a torch device."""
     model = Path(model)
     cap = load_captioner(model)
     d = _model_dir(model)
@@ -484,8 +532,11 @@ def _caption_images(cap: Captioner, images: list, many: bool, device, **generate
 
 def predict(model, inputs, out=None, device=None, batch_size: int = 32, workers: int | None = None, *,
             generation=None) -> Predictions:
-    """Caption image files, folders of them (searched recursively) and glob patterns. Iterate the result for one record
-    per input: `path` and `caption`, or `path` and `error`. `model`: a `Captioner` or what `load_captioner` takes.
+    """Caption `inputs`: image files, folders of them (searched recursively) and glob patterns. Iterate the result for
+    one record per input: `path` and `caption`, or `path` and `error`. `model`: a `Captioner` or what `load_captioner`
+    takes. `batch_size`: images per batch (default 32); `workers`: processes reading images (None: one per core but
+    one, up to 4); `device`: a torch device; `generation`: generation-config fields to change (as
+    `generate_captions`).
     With `out` the records also go to `out/predictions.jsonl`, and a rerun skips the inputs already there
     (`capseg.predict.Predictions`). The CLI prints the caption of one image, `PATH<TAB>caption` lines for several.
     A PIL image or NumPy array gets its caption string back directly, a list of them a list of captions."""

@@ -34,6 +34,12 @@ def _max_npz_bytes(p):
     p.add_argument('--max-npz-bytes', type=int, default=argparse.SUPPRESS, metavar='N',
                    help='refuse an npz whose arrays decompress to more than N bytes (default 2 GiB), before reading it')
 
+def _rerun_flags(p):
+    "`train`'s choice for an --out that holds an earlier run: go on with it, or replace it (neither: refused)."
+    p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out, with its settings')
+    p.add_argument('--overwrite', action='store_true', help='train afresh into an --out that holds a trained model, '
+                   'replacing it (without --overwrite or --resume such an --out is refused)')
+
 def _mask_args(p, masks_help: str):
     p.add_argument('--masks', nargs='+', metavar='PATH', help=masks_help)
     p.add_argument('--channel', type=int, metavar='K',
@@ -64,7 +70,7 @@ def _segment_parser(sub: argparse._SubParsersAction):
     p.add_argument('--augment', choices=['dihedral', 'seed', 'none'],
                    help="paired augmentation (default: the architecture's own)")
     p.add_argument('--seed', type=int, default=0, help='random seed')
-    p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    _rerun_flags(p)
     _max_npz_bytes(p)
     _output_flags(p)
     p = seg.add_parser('eval', help='score a trained model on an npz test split, or on images against their masks')
@@ -111,8 +117,8 @@ def _caption_parser(sub: argparse._SubParsersAction):
                                      '(several processes: torchrun --nproc-per-node N capseg caption train ...)')
     data_args(p)
     p.add_argument('--model', default='tiny', help="'tiny', a hub name or a save_pretrained folder (default tiny)")
-    p.add_argument('--out', type=Path, required=True)
-    p.add_argument('--epochs', type=int)
+    p.add_argument('--out', type=Path, required=True, help='output folder')
+    p.add_argument('--epochs', type=int, help='epochs (default: tiny 8, pretrained 3)')
     p.add_argument('--batch-size', type=int, help='images per batch and process (default: tiny 32, pretrained 8)')
     p.add_argument('--lr', type=float, help='peak learning rate (default: tiny 1.5e-3, pretrained 5e-5)')
     p.add_argument('--accum', type=int, default=1, help='batches per optimiser step (gradient accumulation, default 1)')
@@ -121,13 +127,14 @@ def _caption_parser(sub: argparse._SubParsersAction):
     p.add_argument('--freeze-encoder', action='store_true', help='train the decoder only')
     p.add_argument('--early-stop', type=int, metavar='N', help='stop after N epochs without a better validation CIDEr')
     generate_args(p)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--resume', action='store_true')
+    p.add_argument('--seed', type=int, default=0, help='random seed')
+    _rerun_flags(p)
     _output_flags(p)
     p = cap.add_parser('eval', help='the caption metrics on a whole split (of --model\'s best/ when it has one)')
     data_args(p)
-    p.add_argument('--model', type=Path, required=True)
-    p.add_argument('--split', default='test', choices=['train', 'val', 'test'])
+    p.add_argument('--model', type=Path, required=True,
+                   help='folder written by `capseg caption train` (its best/ is scored) or a save_pretrained folder')
+    p.add_argument('--split', default='test', choices=['train', 'val', 'test'], help='the split scored (default test)')
     p.add_argument('--out', type=Path, help='where metrics.json goes (default: --model)')
     generate_args(p)
     _output_flags(p, quiet=False)
@@ -199,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     _segment_parser(sub)
     _caption_parser(sub)
     p = sub.add_parser('demo', help='both embedded defaults end to end (a few minutes on a laptop CPU)')
-    p.add_argument('--out', type=Path, default=Path('runs/demo'))
+    p.add_argument('--out', type=Path, default=Path('runs/demo'),
+                   help='output folder (default runs/demo); a rerun replaces the demo there')
     _output_flags(p)
     return parser
 
@@ -273,11 +281,14 @@ def _call(module: str, func: str, **kwargs):
 
 # %% ../nbs/13_cli.ipynb #e2a5f068
 def demo(out: str | Path = Path('runs/demo'), quiet: bool = False) -> dict:
-    "Run both embedded defaults: segmentation on noisy shapes, captioning on captioned shapes with the tiny model."
+    """Run both embedded defaults into folder `out`: segmentation on noisy shapes (`out/segment`), captioning on
+    captioned shapes with the tiny model (`out/caption`); returns both metrics. A rerun replaces an earlier demo in
+    `out` (`overwrite`): the demo is there to be run again. `quiet`: no progress bars or lines."""
     from capseg.core import save_json
     out = Path(out)
-    seg = _call('segment', 'train', data=None, shapes=True, out=out/'segment', quiet=quiet)
-    cap = _call('caption', 'train', data=None, flickr8k=None, shapes=True, model='tiny', out=out/'caption', quiet=quiet)
+    seg = _call('segment', 'train', data=None, shapes=True, out=out/'segment', quiet=quiet, overwrite=True)
+    cap = _call('caption', 'train', data=None, flickr8k=None, shapes=True, model='tiny', out=out/'caption', quiet=quiet,
+                overwrite=True)
     keep = lambda m: {k: v for k, v in m.items() if k != 'history'}
     metrics = {'segment': keep(seg), 'caption': keep(cap)}
     save_json(metrics, out/'metrics.json')

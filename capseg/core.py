@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,23 +22,44 @@ if find_spec('ipywidgets'): from tqdm.auto import tqdm
 else: from tqdm.std import tqdm
 
 # %% auto #0
-__all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'get_device', 'world_size',
-           'rank', 'is_main_process', 'init_distributed', 'distributed', 'barrier', 'gather_objects', 'seed_everything',
-           'kept_global_rng', 'eval_mode', 'cpu_threads', 'atomic_write', 'save_json', 'load_json', 'atomic_torch_save',
-           'atomic_folder', 'written_folder', 'load_weights', 'first_line', 'inside', 'regular_file', 'npz_arrays',
-           'claim_output', 'staged', 'finish_staged', 'History', 'quiet_output', 'quiet_when_asked', 'progress', 'say',
-           'warn']
+__all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'check_number', 'as_path',
+           'get_device', 'world_size', 'rank', 'is_main_process', 'init_distributed', 'distributed', 'barrier',
+           'gather_objects', 'seed_everything', 'kept_global_rng', 'eval_mode', 'cpu_threads', 'atomic_write',
+           'save_json', 'load_json', 'atomic_torch_save', 'atomic_folder', 'written_folder', 'load_weights',
+           'first_line', 'inside', 'regular_file', 'npz_arrays', 'claim_output', 'staged', 'finish_staged', 'History',
+           'quiet_output', 'quiet_when_asked', 'progress', 'say', 'warn']
 
 # %% ../nbs/00_core.ipynb #ab656aff
 class CapsegError(ValueError):
     "Bad input from the user: the CLI prints the message on one line and exits with status 2."
+
+# %% ../nbs/00_core.ipynb #17903141
+def check_number(value, name: str, *, whole: bool = False, least: float | None = None,
+                 above: float | None = None):
+    """`value` if it is a real number (an integer where `whole`; never a bool) that is at least `least` and more than
+    `above` (None: no bound); else a one-line `CapsegError` naming the argument `name`."""
+    import numbers
+    ok = (isinstance(value, numbers.Integral if whole else numbers.Real) and not isinstance(value, bool)
+          and (least is None or value >= least) and (above is None or value > above))
+    if ok: return value
+    bounds = ''.join(f' {op} {b:g}' for op, b in (('≥', least), ('>', above)) if b is not None)
+    raise CapsegError(f"{name} must be {'a whole number' if whole else 'a number'}{bounds}, not {value!r}")
+
+def as_path(value, name: str) -> Path:
+    "`value` as a `Path` if it is a path (`str` or `os.PathLike`); else a one-line `CapsegError` naming `name`."
+    if isinstance(value, (str, os.PathLike)): return Path(value)
+    raise CapsegError(f'{name} must be a path (str or pathlib.Path), not {type(value).__name__}')
 
 # %% ../nbs/00_core.ipynb #7d31a71b
 def get_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device to use: `device`, else `$CAPSEG_DEVICE`, else cuda (this process's GPU under torchrun) > mps >
     cpu."""
     device = device or os.environ.get('CAPSEG_DEVICE')
-    if device: return torch.device(device)
+    if device:
+        try: return torch.device(device)
+        except (RuntimeError, TypeError):
+            raise CapsegError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                              f"not {device!r}") from None
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
@@ -264,40 +285,54 @@ def npz_arrays(path: str | Path, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, tu
 LOCK_NAME, STAGING = '.capseg.lock', '.staging'
 PROBE_BYTES = 1 << 20          # written and removed when a folder is claimed: a full disk fails here, before any work
 
-def _check_writable(out: Path, probe_bytes: int):
-    "A one-line `CapsegError` unless `out` is (or can be made) a folder that takes a probe file of `probe_bytes`."
+def _check_writable(out: Path, probe_bytes: int, label: str):
+    """A one-line `CapsegError` (about `label`, e.g. `--out DIR`) unless `out` is (or can be made) a folder that takes
+    a probe file of `probe_bytes`."""
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocker == out: raise CapsegError(f'--out {out} is a file, not a folder')
-    if blocker is not None: raise CapsegError(f'--out {out}: {blocker} is a file, not a folder')
+    if blocker == out: raise CapsegError(f'{label} is a file, not a folder')
+    if blocker is not None: raise CapsegError(f'{label}: {blocker} is a file, not a folder')
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out) as f:
             f.write(bytes(probe_bytes)); f.flush(); os.fsync(f.fileno())
-    except OSError as e: raise CapsegError(f'--out {out}: cannot write there ({e.strerror or e})') from None
+    except OSError as e: raise CapsegError(f'{label}: cannot write there ({e.strerror or e})') from None
 
-def _in_use(out: Path) -> CapsegError:
-    return CapsegError(f'--out {out} is in use by another capseg run; wait for it or give another --out')
+def _in_use(label: str) -> CapsegError:
+    return CapsegError(f'{label} is in use by another capseg run; wait for it or give another --out')
 
-def _still_linked(path: Path, fd: int):
+def _still_linked(path: Path, label: str, fd: int):
     "Refuse a lock taken on a lock file that the run holding it removed meanwhile (it was in use until then)."
     try: same = os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError: same = False
-    if not same: raise _in_use(path.parent)
+    if not same: raise _in_use(label)
+
+def _refuse_finished(out: Path, finished: Sequence[str]):
+    "A one-line `CapsegError` when `out` holds every file of `finished`: a finished run's model."
+    if finished and all((out / name).exists() for name in finished):
+        raise CapsegError(f'--out {out} already holds a trained model ({" and ".join(finished)}); give --overwrite to '
+                          'replace it, --resume to continue it, or another --out')
 
 # %% ../nbs/00_core.ipynb #15f246d3
 @contextmanager
-def claim_output(out: str | Path, *, probe_bytes: int = PROBE_BYTES):
-    "Hold folder `out` for one run (main process): writable, locked, cleared of what a killed run left."
+def claim_output(out: str | Path, *, probe_bytes: int = PROBE_BYTES, label: str | None = None,
+                 finished: Sequence[str] = ()):
+    """Hold folder `out` for one run (main process): writable, locked, cleared of what a killed run left.
+    `probe_bytes`: the size of the probe file written first; `label`: how messages name the folder (default
+    `--out OUT`); `finished`: names of files that together mark a finished run's model in `out`, refused (one line)
+    when all are there -- a training run that would replace that model passes them unless told to resume or
+    overwrite."""
     from filelock import FileLock, Timeout
     out = Path(out)
-    _check_writable(out, probe_bytes)
-    if not is_main_process(): yield out; return
+    label = label or f'--out {out}'
+    _check_writable(out, probe_bytes, label)
+    if not is_main_process(): _refuse_finished(out, finished); yield out; return
     path = out / LOCK_NAME
-    lock = FileLock(str(path), on_acquired=functools.partial(_still_linked, path))
+    lock = FileLock(str(path), on_acquired=functools.partial(_still_linked, path, label))
     try: lock.acquire(timeout=0)
-    except Timeout: raise _in_use(out) from None
+    except Timeout: raise _in_use(label) from None
     try:
-        finish_staged(out)
+        finish_staged(out)                 # first: a run killed while publishing its model has finished it
+        _refuse_finished(out, finished)
         for tmp in out.glob('.*.tmp'):
             if tmp.is_file(): tmp.unlink()
         yield out

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .core import CapsegError, regular_file
+from .core import CapsegError, check_number, regular_file
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'MAX_PIXELS', 'LUMA', 'check_file', 'frame_count', 'frame_shape', 'read_frame', 'to_grey',
@@ -163,7 +163,7 @@ def to_grey(frame: np.ndarray, channel: int | None = None) -> np.ndarray:
     channels = frame if frame.ndim == 3 else frame[..., None]
     n = channels.shape[2]
     if channel is not None:
-        if not 0 <= operator.index(channel) < n:
+        if not 0 <= check_number(channel, '--channel', whole=True) < n:
             plural = 's' * (n > 1)
             raise CapsegError(f'channel {channel} asked for, but the image has {n} channel{plural} (0–{n - 1})')
         return channels[..., channel].astype(np.float32)

@@ -20,8 +20,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .images import IMAGE_SUFFIXES, frame_count
-from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, claim_output, cpu_threads,
-                   distributed, gather_objects, is_main_process, load_json, npz_arrays, progress, rank,
+from .core import (MAX_NPZ_BYTES, CapsegError, _npy_header, atomic_write, barrier, check_number, claim_output,
+                   cpu_threads, distributed, gather_objects, is_main_process, load_json, npz_arrays, progress, rank,
                    regular_file, save_json, world_size)
 
 # %% auto #0
@@ -289,9 +289,18 @@ def _append(f, records: list[dict]):
     try:
         f.write(''.join(json.dumps(r) + '\n' for r in records))
         f.flush()
+    except OSError as e: raise _cannot_write(f, e) from None
+
+def _cannot_write(f, e: OSError) -> CapsegError:
+    return CapsegError(f'{f.name}: cannot write the predictions ({e.strerror}); the records before are kept, '
+                       'run the same command again to go on')
+
+def _close(f, error: BaseException | None = None):
+    """Close JSONL file `f`. The close writes what is still buffered: if that fails (a full disk) it is `_append`'s one
+    line -- or nothing after `error`, the error that stopped the writing, which says what went wrong and is raised."""
+    try: f.close()
     except OSError as e:
-        raise CapsegError(f'{f.name}: cannot write the predictions ({e.strerror}); the records before are kept, '
-                          'run the same command again to go on') from None
+        if error is None: raise _cannot_write(f, e) from None
 
 def _drop_retries(path: Path):
     "Rewrite JSONL `path` without the records marked `retry` (a prediction that failed, not its input), to redo them."
@@ -313,8 +322,8 @@ class Predictions:
                  format: Callable[[dict], str] = json.dumps, desc: str = 'predicting', settings: dict | None = None,
                  finish: Callable[[Path], None] | None = None):
         if not items: raise CapsegError('no inputs to predict')
-        if batch_size < 1: raise CapsegError(f'--batch-size must be ≥ 1, not {batch_size}')
-        if workers is not None and workers < 0: raise CapsegError(f'--workers must be ≥ 0, not {workers}')
+        check_number(batch_size, '--batch-size', whole=True, least=1)
+        if workers is not None: check_number(workers, '--workers', whole=True, least=0)
         if world_size() > 1 and out is None:
             raise CapsegError('under torchrun, give --out DIR: each process writes its share of the predictions there')
         self.items, self.load, self.predict, self.format, self.desc = items, load, predict, format, desc
@@ -376,6 +385,7 @@ class Predictions:
         f = open(target, 'a', encoding='utf-8') if target else None
         shown = is_main_process() and not (self.out is None and sys.stdout.isatty())    # not over printed results
         bar = progress(total=len(mine), unit='img', desc=self.desc, file=sys.stderr if shown else io.StringIO())
+        error = None
         try:
             for batch in loader:
                 with cpu_threads(self.threads): records = self._predict_batch(batch)
@@ -385,9 +395,12 @@ class Predictions:
                 bar.update(len(records))
                 if self.failed: bar.set_postfix(failed=self.failed)
                 yield from records
+        except BaseException as e:
+            error = e
+            raise
         finally:
             bar.close()
-            if f: f.close()
+            if f: _close(f, error)
             _npz_array.cache_clear()
 
     def _predict_batch(self, batch: list) -> list[dict]:

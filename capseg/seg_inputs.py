@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .core import MAX_NPZ_BYTES, CapsegError
+from .core import MAX_NPZ_BYTES, CapsegError, check_number
 from .images import frame_count, to_grey
 from .predict import Item, expand_inputs
 from .seg_data import (FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, make_shapes,
@@ -21,7 +21,7 @@ from .seg_data import (FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, 
 from .seg_model import Recipe, noise_sigma, normalize, seg_transforms, SegDataset
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'EPOCH_BATCHES', 'load_frames']
+__all__ = ['MASK_SUFFIXES', 'MAX_UNITS', 'EPOCH_BATCHES', 'load_frames']
 
 # %% ../nbs/06_seg_inputs.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -74,6 +74,9 @@ def _arrays(images) -> list[np.ndarray] | None:
 
 def _images_data(images, masks=None, channel=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData | FrameSet:
     "What `train(images=...)` takes: arrays (kept in their units), an npz, or image files (read lazily)."
+    if getattr(images, 'size', None) == 0 or (isinstance(images, (list, tuple)) and not images):
+        shape = f' of shape {images.shape}' if isinstance(images, np.ndarray) else ''
+        raise CapsegError(f'images= is an empty {type(images).__name__}{shape}: give at least one image')
     arrays = _arrays(images)
     if arrays is not None:
         mask_arrays = _arrays(masks) if masks is not None else None
@@ -94,8 +97,13 @@ def _resolve_data(data=None, images=None, masks=None, *, shapes: bool = False, n
     if [data is not None, images is not None, bool(shapes)].count(True) != 1:
         raise CapsegError('give one of --data FILE.npz, --images PATH... or --shapes')
     if isinstance(data, (SegData, FrameSet)): return data
-    if data is not None: return load_seg_npz(data, max_npz_bytes)
-    if shapes: return make_shapes(noise=noise)
+    if data is not None and _arrays(data) is not None: images = data      # arrays as `data`: the images to train on
+    elif data is not None:
+        if not isinstance(data, (str, os.PathLike)):
+            raise CapsegError(f'data= takes an npz path, a SegData or arrays (image files: images=), '
+                              f'not {type(data).__name__}')
+        return load_seg_npz(data, max_npz_bytes)
+    if shapes: return make_shapes(noise=check_number(noise, '--noise', least=0))
     return _images_data(images, masks, channel, max_npz_bytes)
 
 # %% ../nbs/06_seg_inputs.ipynb #5e5a422c
@@ -123,10 +131,15 @@ def _epochs(recipe: Recipe, batches: int) -> int:
 def _alpha(recipe: Recipe, sigma: float) -> float:
     return recipe.kappa * sigma ** 2 if recipe.alpha == 'auto' else float(recipe.alpha)
 
-def _check_range(x: torch.Tensor, norm: dict, source: str, raw):
-    if not (np.isfinite(list(norm.values())).all() and float(x.abs().max()) < 1e15):
-        raise CapsegError(f'{source}: image values up to {float(np.abs(raw).max()):.3g} overflow 32-bit '
-                          'arithmetic; rescale the images (to about 0-1)')
+MAX_UNITS = 1e15     # the largest value in the network's units: the loss squares them, and float32 ends at 3.4e38
+
+def _check_range(x: torch.Tensor | float, norm: dict, source: str | None, raw):
+    """A one-line `CapsegError` when images `x` in the network's units (a tensor, or its largest magnitude), `raw` in
+    their own units, would overflow 32-bit arithmetic."""
+    peak = float(x.abs().max()) if torch.is_tensor(x) else abs(x)
+    if not (np.isfinite(list(norm.values())).all() and peak < MAX_UNITS):
+        raise CapsegError(f'{source + ": " if source else ""}image values up to {float(np.abs(raw).max()):.3g} '
+                          'overflow 32-bit arithmetic; rescale the images (to about 0-1)')
 
 # %% ../nbs/06_seg_inputs.ipynb #57584b5c
 def _collate(batch):

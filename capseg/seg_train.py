@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (MAX_NPZ_BYTES, CapsegError, History, atomic_torch_save, claim_output, cpu_threads, get_device,
-                         kept_global_rng, load_weights, progress, quiet_output, save_json, seed_everything, staged, warn)
+from .core import (MAX_NPZ_BYTES, CapsegError, History, as_path, atomic_torch_save, check_number, claim_output,
+                         cpu_threads, get_device, kept_global_rng, load_weights, progress, quiet_output, save_json,
+                         seed_everything, staged, warn)
 from .seg_data import FrameSet, SegData
 from .objects import as_labels, label_objects
 from .plot import image_grid, plot_curves
@@ -46,9 +47,9 @@ def model_record(model: nn.Module, recipe: Recipe, norm: dict, widths, alpha: fl
                 alpha=alpha, png_scale=1.0, **extra)
 
 def _check_recipe(r: Recipe):
-    if r.epochs < 1: raise CapsegError(f'--epochs must be ≥ 1, not {r.epochs}')
-    if r.batch_size < 1: raise CapsegError(f'--batch-size must be ≥ 1, not {r.batch_size}')
-    if not r.lr > 0: raise CapsegError(f'--lr must be > 0, not {r.lr}')
+    check_number(r.epochs, '--epochs', whole=True, least=1)
+    check_number(r.batch_size, '--batch-size', whole=True, least=1)
+    check_number(r.lr, '--lr', above=0)
     if r.alpha != 'auto' and not (isinstance(r.alpha, (int, float)) and r.alpha >= 0):
         raise CapsegError(f"--alpha must be 'auto' or a number ≥ 0, not {r.alpha!r}")
     if r.augment not in AUGMENTATIONS + (None,):
@@ -406,23 +407,52 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
           alpha: float | str | None = None, lr: float | None = None, batch_size: int | None = None,
           augment: str | None = None, widths: Sequence[int] | None = None, channel: int | None = None,
           supervised: bool = False, figures: bool = True, callback: Callable[[int, History], None] | None = None,
-          quiet: bool = False, max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
-    """Train a segmentation network without masks (Chan–Vese loss) on one of: `data` (an npz path or `SegData`),
-    `images` (image paths, folders, globs, an npz, or arrays: N×H×W or a list of H×W) or the noisy `shapes`; write
-    model.pt, metrics.json and the figures into `out`; return the metrics. The global random generators are seeded
-    for the run and restored afterwards; every option is described in the notebook."""
+          quiet: bool = False, max_npz_bytes: int = MAX_NPZ_BYTES, overwrite: bool = False) -> dict:
+    """Train a segmentation network without masks (Chan–Vese loss); write model.pt, metrics.json and the figures
+    into `out`; return the metrics (as metrics.json holds them). The global random generators are seeded for the run
+    and restored afterwards. The CLI's `capseg segment train` flags are these arguments.
+
+    The data, one of:
+    - `data`: an npz path (`image_train`, optionally `mask_train`, `image_test`, `mask_test`), a `SegData`, or
+      images as arrays (as `images`)
+    - `images`: image paths, folders (searched recursively), glob patterns or an npz; or arrays (N×H×W, a list of
+      H×W or H×W×C, PIL images) kept in their own units
+    - `shapes`: True for the generated noisy shapes, with Gaussian noise of std `noise` (default 0.5)
+
+    The rest:
+    - `masks`: mask files matched to `images` by relative path or stem (or arrays); they only score the run
+    - `out`: the output folder (default runs/segment); one that holds a trained model (model.pt) is refused unless
+      `resume` or `overwrite`
+    - `resume`: continue from the checkpoint in `out` (same data and settings); `overwrite`: train afresh over the model
+      in `out`
+    - `arch`: the recipe, 'default' (the tuned network, α from the noise level, early stop) or 'seed' (the seed's)
+    - `epochs`, `lr`, `batch_size`, `augment` ('dihedral', 'seed' or 'none'), `alpha` (the TV weight ≥ 0, or 'auto':
+      from the images' noise level): override the recipe's own (None: keep it)
+    - `widths`: fix the network's channels per level (no screening of candidates); `supervised`: train on the masks
+      with binary cross-entropy instead -- both for the benchmark's reference runs
+    - `seed`: the random seed (default 0); `device`: a torch device (default: `capseg.core.get_device`)
+    - `channel`: which channel of colour images to train on (None: the grey of RGB by BT.601 weights)
+    - `figures`: write curves.png and the results_*.png; `quiet`: no progress bars or lines
+    - `callback`: called as `callback(epoch, history)` after each epoch (epoch counted from 1)
+    - `max_npz_bytes`: refuse an npz whose arrays decompress to more bytes (default 2 GiB)"""
     t_start = time.perf_counter()
     # the augmentation's: a broken install stops here, before any work
     from torchvision.transforms import v2  # noqa: F401
     if arch not in ARCHS: raise CapsegError(f'unknown --arch {arch!r}; one of {", ".join(ARCHS)}')
+    check_number(seed, '--seed', whole=True, least=0)
+    if channel is not None: check_number(channel, '--channel', whole=True, least=0)
+    if widths is not None and not (isinstance(widths, (list, tuple)) and widths
+                                   and all(check_number(w, 'widths', whole=True, least=1) for w in widths)):
+        raise CapsegError(f'widths must be a list of channel counts, one per level, not {widths!r}')
     d = _resolve_data(data, images, masks, shapes=shapes, noise=noise, channel=channel, max_npz_bytes=max_npz_bytes)
     given = dict(epochs=epochs, alpha=alpha, lr=lr, batch_size=batch_size, augment=augment)
     recipe = replace(ARCHS[arch], **{k: v for k, v in given.items() if v is not None})
     if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for
     if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
     _check_recipe(recipe)
-    out, device = Path(out), get_device(device)
+    out, device = as_path(out, 'out'), get_device(device)
     info = _Settings(arch, seed, supervised, resume, device, _fingerprint(d), d.source, t_start)
-    with claim_output(out), cpu_threads(recipe.threads if device.type == 'cpu' else None), quiet_output(quiet), \
-         kept_global_rng():
+    finished = () if resume or overwrite else RESULT_FILES[:1]        # a finished run's model.pt: refused at once
+    with claim_output(out, finished=finished), cpu_threads(recipe.threads if device.type == 'cpu' else None), \
+         quiet_output(quiet), kept_global_rng():
         return _run(d, recipe, out, info, figures=figures, callback=callback)

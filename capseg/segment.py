@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from .core import (MAX_NPZ_BYTES, CapsegError, atomic_write, cpu_threads, get_device, inside, load_json,
-                         load_weights, save_json)
+from .core import (MAX_NPZ_BYTES, CapsegError, as_path, atomic_write, check_number, claim_output, cpu_threads,
+                         get_device, inside, load_json, load_weights, save_json)
 from .images import _pil_array, percentiles, read_frame, sample_step, to_grey
 from .objects import as_labels, label_objects, object_metrics, object_table, overlay, write_table
 from .predict import (RESULTS, Item, Predictions, expand_inputs, in_memory_images, read_npz_image, read_records,
@@ -27,16 +27,20 @@ from .seg_model import *
 from .seg_model import _tiled_bands
 from .seg_train import *
 from .seg_inputs import *
-from .seg_inputs import load_frames
+from .seg_inputs import _check_range, load_frames
 from .seg_train import _frame_metrics, score_frames
 
 # %% auto #0
-__all__ = ['OBJECT_KEYS', 'FOREGROUNDS', 'OVERLAYS', 'OVERLAY_SIDE', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict']
+__all__ = ['OBJECT_KEYS', 'FOREGROUNDS', 'OVERLAYS', 'OVERLAY_SIDE', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict',
+           'train']
 
 # %% ../nbs/08_segment.ipynb #90c04765
+_all_ = ['train']          # the job's one import: `help(capseg.segment)` lists `train` beside the rest
+
 def load_model(path, device=None) -> tuple[nn.Module, dict]:
-    "The network saved by `train` (a `model.pt` or its folder, with its refinement), in eval mode, and its record."
-    path = Path(path)
+    """The network saved by `train`, with its refinement, in eval mode, and its record. `path`: a `train --out` folder
+    or its `model.pt`; `device`: a torch device (default: `capseg.core.get_device`)."""
+    path = as_path(path, 'model')
     if path.is_dir(): path = path / 'model.pt'
     if not path.exists(): raise CapsegError(f'{path}: no such model (train one with `capseg segment train`)')
     rec = load_weights(path, 'model file')
@@ -48,8 +52,12 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
 
 def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
-    """Score the model in folder `model` on the test split of npz `data`, or on `images` against `masks`; writes
-    metrics.json."""
+    """Score the model in folder `model` (a `train --out` folder or its `model.pt`) on the test split of npz `data`
+    (`image_test`, `mask_test`), or on `images` (paths, folders, globs) against `masks` (mask or label image files,
+    matched by relative path or stem); write the metrics to `out/metrics.json` (default: beside the training record in
+    the model's folder) and return them. `channel`: the channel of colour images (None: the model's); `device`: a
+    torch device (default: `capseg.core.get_device`); `max_npz_bytes`: refuse an npz whose arrays decompress to more
+    bytes (default 2 GiB)."""
     if model is None: raise CapsegError('give --model DIR (a folder written by `capseg segment train`)')
     if (data is None) == (images is None):
         raise CapsegError('give --data FILE.npz, or --images PATH... with --masks PATH...')
@@ -58,8 +66,15 @@ def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | N
     net, rec = load_model(model, device)
     if images is None: d = load_seg_npz(data, max_npz_bytes, need=('image_test', 'mask_test'))
     else: d = load_frames(images, masks, **_reading(rec, channel))
-    with cpu_threads(rec['recipe'].get('threads')):
+    folder = _eval_folder(model, out)           # claimed as train claims --out: a file or read-only disk is one line
+    label = None if out is not None else f'--model {folder} (where metrics.json goes without --out)'
+    with claim_output(folder, label=label), cpu_threads(rec['recipe'].get('threads')):
         return (_evaluate if isinstance(d, SegData) else _evaluate_frames)(d, net, rec, model, out)
+
+def _eval_folder(model, out) -> Path:
+    "Where `evaluate` writes metrics.json: `out`, else the folder of the model."
+    if out is not None: return as_path(out, 'out')
+    return Path(model) if Path(model).is_dir() else Path(model).parent
 
 def _reading(rec: dict, channel: int | None) -> dict:
     "How the model reads image files: `load_frames`' channel and percentile levels (see `_inputs`)."
@@ -70,7 +85,7 @@ def _reading(rec: dict, channel: int | None) -> dict:
 
 def _save_eval(result: dict, model, out):
     "Write `result` to `out/metrics.json`, or beside the training record in the model's folder."
-    target = Path(out or model) / 'metrics.json'
+    target = _eval_folder(model, out) / 'metrics.json'
     if out is None and target.exists():       # keep the training record beside the evaluation
         save_json({**load_json(target), 'eval': result}, target)
     else: save_json(result, target)
@@ -114,6 +129,7 @@ def _phase(p: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def _evaluate(d, net, rec, model, out):
     x = normalize(d.image_test, rec['norm'])
+    _check_range(x, rec['norm'], d.source, d.image_test)         # values near float32's limit: one line, as in training
     p = infer(net, x)
     s = score(x, p, d.mask_test, rec['alpha'])
     base = baseline_scores(d.image_test, d.mask_test)
@@ -133,7 +149,8 @@ def _legacy_span(frame: np.ndarray) -> float:
     return 65535.0 if frame.dtype == np.uint16 or (frame.dtype.itemsize > 1 and frame.max() > 255) else 255.0
 
 def read_grey(path, index: int = 0, channel: int | None = None) -> np.ndarray:
-    "Frame `index` of an image file as a grey float32 H×W array in [0, 1] (8-bit by 255, 16-bit by 65535)."
+    """Frame `index` of image file `path` as a grey float32 H×W array in [0, 1] (8-bit by 255, 16-bit by 65535):
+    channel `channel` of a colour image, or (None) the grey of RGB by BT.601 weights."""
     frame = read_frame(path, index)
     return to_grey(frame, channel) / np.float32(_legacy_span(frame))
 
@@ -165,6 +182,10 @@ class _Input:
         x /= np.float32(self.std)
         return torch.from_numpy(x)[None, None]
 
+    def units(self, v: float) -> float:
+        "Grey value `v` in the network's units, as `network` maps it."
+        return ((v - self.low) / self.span * self.factor - self.mean) / self.std
+
 # %% ../nbs/08_segment.ipynb #4c36ab1b
 def _prepare(frame, rec: dict, channel: int | None = None, npz: bool = False) -> _Input:
     "An image (array, or a PIL image's pixels) ready for the network of model record `rec`; `npz`: it came from an npz."
@@ -174,7 +195,9 @@ def _prepare(frame, rec: dict, channel: int | None = None, npz: bool = False) ->
     if min(frame.shape[:2]) < MIN_SIZE:
         raise CapsegError(f'an image of {frame.shape[0]}×{frame.shape[1]} px; '
                           f'the network needs at least {MIN_SIZE}×{MIN_SIZE}')
-    if frame.dtype.kind == 'f' and not np.isfinite(frame).all(): raise CapsegError('NaN or infinite values')
+    if frame.dtype.kind == 'f':                 # NaN and infinities come through min and max
+        lo, hi = float(frame.min()), float(frame.max())
+        if not np.isfinite(lo + hi): raise CapsegError('NaN or infinite values')
     inputs, norm = rec.get('inputs'), {k: float(v) for k, v in rec['norm'].items()}
     channel = (inputs or {}).get('channel') if channel is None else channel
     image = _Input(frame, channel, mean=norm['mean'], std=norm['std'])
@@ -186,6 +209,8 @@ def _prepare(frame, rec: dict, channel: int | None = None, npz: bool = False) ->
     elif not npz:
         to_grey(frame[:1, :1], channel)                             # a wrong channel fails here, not in a tile
         image.span, image.factor = _legacy_span(frame), float(rec.get('png_scale', 1.0))
+    if frame.dtype.kind == 'f':                 # values near float32's limit: one line, as in training
+        _check_range(max(abs(image.units(lo)), abs(image.units(hi))), norm, None, max(abs(lo), abs(hi)))
     return image
 
 def _load_input(item: Item, rec: dict, channel: int | None = None) -> _Input:
@@ -304,7 +329,7 @@ def _loaded(model, device) -> tuple[nn.Module, dict, str]:
         weights = hashlib.sha1(b''.join(t.detach().cpu().numpy().tobytes() for t in net.state_dict().values()))
         return copy.deepcopy(net).to(get_device(device)).eval(), rec, f'a loaded model (sha1 {weights.hexdigest()[:12]})'
     if not isinstance(model, (str, os.PathLike)):
-        raise CapsegError(f'model must be a model folder or what load_model returns, not {type(model).__name__}')
+        raise CapsegError(f'model must be a path (a model folder) or what load_model returns, not {type(model).__name__}')
     return *load_model(model, device), model
 
 def _gather_objects(out: Path):
@@ -332,10 +357,20 @@ def predict(model, inputs, out=None, device=None, *, batch_size: int = 64, worke
     image, uint16 or uint32; with `out`, the TIFF `out/labels/NAME.tif`) and `table` (one row per object,
     `object_table`; with `out`, `out/objects/NAME.csv`, all of them gathered in `out/objects.csv` at the end, and
     `out/overlays/NAME.png` for the first `OVERLAYS` inputs).
-    `model`: a folder written by `train` (or its `model.pt`), or what `load_model` returns.
     A NumPy array or PIL image gets its bool mask (its label image with `instances`) back directly; a list of them,
-    or an N×H×W array (N frames, as `train` reads it), a list."""
+    or an N×H×W array (N frames, as `train` reads it), a list.
+
+    `model`: a `train --out` folder or its model.pt, or what `load_model` returns; `inputs`: a path, glob pattern,
+    array or PIL image, or a list of them; `out`: the output folder (None: records only); `device`: a torch device
+    (default: `capseg.core.get_device`); `batch_size`: images per batch (default 64); `workers`: processes reading
+    the inputs (None: one per core but one, up to 4); `max_npz_bytes`: refuse an npz whose arrays decompress to more
+    bytes (default 2 GiB); `channel`: the channel of colour images (None: the model's, else the grey of RGB by BT.601
+    weights); `foreground`: 'auto' (the phase training chose), 'bright' or 'dark' (per image, the brighter or darker
+    phase); `save_prob`: also the probability; `instances`: also the objects (default False); `tile`: the side of
+    the tiles a large image is predicted in, in px (None: `tiling`'s)."""
     if foreground not in FOREGROUNDS: raise CapsegError(f'foreground must be auto, bright or dark, not {foreground!r}')
+    if tile is not None: check_number(tile, 'tile', whole=True, least=1)
+    if channel is not None: check_number(channel, '--channel', whole=True, least=0)
     arrays = in_memory_images(inputs, ACCEPTED)
     net, rec, model_id = _loaded(model, device)
     net = fused_for_inference(net)      # measured on a CPU: 32×32 images 1.7× faster in channels-last, BatchNorm folded
