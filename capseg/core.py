@@ -388,9 +388,14 @@ def quiet_when_asked(f: Callable) -> Callable:
         with quiet_output(bound.arguments['quiet']): return f(*args, **kwargs)
     return call
 
+def _shown_live(stream) -> bool:
+    "Whether `stream` is seen by a person as it is written: a terminal, or a Jupyter kernel's output (not a TTY)."
+    return bool(getattr(stream, 'isatty', lambda: False)()) or type(stream).__module__.startswith('ipykernel.')
+
 def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
-    "A tqdm progress bar that stays quiet when stderr is not a TTY, in every process but the main one, and when quiet."
-    off = True if _QUIET.get() or not is_main_process() else None
+    """A tqdm progress bar (`kwargs` go to tqdm; `leave` False by default) on stderr (or `file`) when a person sees it as
+    it comes (a terminal, Jupyter); hidden elsewhere (pipes, logs), in every process but the main one, and when quiet."""
+    off = _QUIET.get() or not is_main_process() or not _shown_live(kwargs.get('file', sys.stderr))
     return tqdm(iterable, disable=off, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
 
 def say(message: str):
