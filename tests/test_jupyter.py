@@ -40,3 +40,20 @@ def test_no_progress_in_a_pipe():
     "stderr to a pipe (CI, a log file): the epoch's line, no bar."
     r = subprocess.run([sys.executable, '-c', BAR], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == 'epoch 1/1: train loss 0.5\n', r.stderr
+
+
+@pytest.mark.slow
+def test_caption_tutorial_runs_straight_through_offline(tmp_path, monkeypatch):
+    """The caption tutorial in a real kernel, as `jupyter nbconvert --execute` runs it, asked to go online
+    (`CAPSEG_ONLINE=1`) with no GPU or no hub: the cells that need them say so and are skipped, the rest runs on
+    captioned shapes (240 training images: `IN_TEST`, as under nbdev-test), the training cell showing its bars."""
+    import nbformat
+    for k, v in dict(CAPSEG_ONLINE='1', HF_HUB_OFFLINE='1', IN_TEST='1', TMPDIR=str(tmp_path)).items():
+        monkeypatch.setenv(k, v)
+    nb = execute(nbformat.read(ROOT / 'nbs/tutorials/caption_flickr8k.ipynb', as_version=4), tmp_path)
+    cells = {c.id: c for c in nb.cells}
+    printed = lambda cid: ''.join(o.get('text', '') for o in cells[cid].outputs if o['output_type'] == 'stream')
+    assert 'the offline version instead' in printed('0d270d63'), cells['0d270d63'].outputs
+    assert printed('7d8d7860').startswith('Skipped: Flickr8k and ViT-GPT2 need the internet and a GPU')
+    assert any(o['output_type'] == 'display_data' for o in cells['55cd757e'].outputs), 'no progress bars'
+    assert 'epoch 8/8: train loss' in printed('55cd757e')
