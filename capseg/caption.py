@@ -523,10 +523,18 @@ def _caption_pixels(item: Item, transform: ImageTransform) -> np.ndarray:
 
 ACCEPTED = 'caption.predict takes image paths, folders, globs, NumPy arrays or PIL images'
 
+def _finite_rgb8(image) -> Image.Image:
+    "An in-memory image (array or PIL image) as `to_rgb8` shows it, as its file would be; NaN or infinity refused."
+    if not isinstance(image, Image.Image) or image.mode == 'F':
+        pixels = np.asarray(image)
+        if pixels.dtype.kind == 'f' and not np.isfinite(pixels).all():
+            raise CapsegError('an image holds NaN or infinite values: replace them (np.nan_to_num) before captioning')
+    return to_rgb8(image)
+
 def _caption_images(cap: Captioner, images: list, many: bool, device, **generate):
-    "The captions of in-memory images (PIL images as Pillow converts them to RGB, arrays by `to_rgb8`)."
+    "The captions of in-memory images, each read by the rule for files (`_finite_rgb8`)."
     transform = ImageTransform(cap.processor)
-    pixels = torch.stack([transform(im if isinstance(im, Image.Image) else to_rgb8(im)) for im in images])
+    pixels = torch.stack([transform(_finite_rgb8(im)) for im in images])
     captions = generate_captions(cap, pixels, device=device, bar=False, **generate)
     return captions if many else captions[0]
 

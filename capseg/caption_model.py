@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/caption_model.html.md"""
 
 # %% ../nbs/11_caption_model.ipynb #260d9d98
 from __future__ import annotations
-import copy, pickle
+import copy, os, pickle
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .core import CapsegError, first_line, load_json, progress, warn, written_folder
+from .core import CapsegError, _umask, first_line, load_json, progress, warn, written_folder
 from .caption_data import CaptionItem, clean_caption
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'train_tokenizer', 'set_special_ids', 'tiny_processor', 'tiny_model', 'generation_config',
-           'decoding', 'Captioner', 'load_captioner', 'ImageTransform', 'CaptionDataset', 'collate_captions',
-           'n_params', 'resolve_amp', 'amp_context']
+           'decoding', 'Captioner', 'hub_reachable', 'load_captioner', 'ImageTransform', 'CaptionDataset',
+           'collate_captions', 'n_params', 'resolve_amp', 'amp_context']
 
 # %% ../nbs/11_caption_model.ipynb #248842e8
 SPECIAL_TOKENS = ['[PAD]', '[BOS]', '[EOS]', '[UNK]']
@@ -115,6 +115,7 @@ class Captioner:
             # preprocessor_config.json, for readers that look for the image processor alone
             self.processor.save_pretrained(path)
             VisionTextDualEncoderProcessor(image_processor=self.processor, tokenizer=tok).save_pretrained(path)
+        for f in Path(path).glob('*.safetensors'): os.chmod(f, 0o666 & ~_umask())   # safetensors makes them 0600
 
 @contextmanager
 def _hf_quiet():
@@ -131,11 +132,12 @@ def _model_dir(path: Path) -> Path:
     "The model of a `train --out` folder: `best/` (by validation CIDEr), else `checkpoint/`; any other folder itself."
     return written_folder(path/'best', 'config.json') or written_folder(path/'checkpoint', 'config.json') or path
 
-def _from_pretrained(where):
+def _from_pretrained(where, **kw):
+    "Model, tokenizer and image processor of folder or hub name `where`; `kw` to each `from_pretrained`."
     from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
     with _hf_quiet():
-        model = VisionEncoderDecoderModel.from_pretrained(where)
-        return model, AutoTokenizer.from_pretrained(where), AutoImageProcessor.from_pretrained(where)
+        model = VisionEncoderDecoderModel.from_pretrained(where, **kw)
+        return model, AutoTokenizer.from_pretrained(where, **kw), AutoImageProcessor.from_pretrained(where, **kw)
 
 def _capsegs(model, tok):
     "A model from elsewhere, made ready: capseg's special tokens and decoding."
@@ -155,6 +157,24 @@ def _load_folder(path: Path) -> Captioner:
     if not (d/'capseg.json').is_file(): return Captioner(_capsegs(model, tok), tok, proc, str(d), False)
     return Captioner(set_special_ids(model, tok), tok, proc, str(d), bool(load_json(d/'capseg.json').get('tiny')))
 
+# %% ../nbs/11_caption_model.ipynb #b7a1c0de
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (`$HF_ENDPOINT`, else huggingface.co) answers within `timeout` seconds (any HTTP
+    status counts); False at once under `HF_HUB_OFFLINE=1`."""
+    import threading, urllib.error, urllib.request
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE: return False
+    answered = []
+    def ask():
+        try: urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method='HEAD'), timeout=timeout).close()
+        except urllib.error.HTTPError: pass   # an answer, if a refusal
+        except Exception: return              # no name, no route, refused, timed out
+        answered.append(True)
+    asking = threading.Thread(target=ask, daemon=True)   # in a thread: urlopen's timeout does not bound a name lookup
+    asking.start()
+    asking.join(timeout)
+    return bool(answered)
+
 # %% ../nbs/11_caption_model.ipynb #48d94647
 def load_captioner(name: str | Path = 'tiny', train_captions=None) -> Captioner:
     "'tiny' (its tokenizer trained on `train_captions`), a `save_pretrained` (or `train --out`) folder, or a hub name."
@@ -167,10 +187,13 @@ def load_captioner(name: str | Path = 'tiny', train_captions=None) -> Captioner:
     if path.is_dir(): return _load_folder(path)
     if path.exists() or name.startswith(('.', '/', '~')) or name.count('/') > 1:
         raise CapsegError(f'--model {name}: no such model folder')
-    try: model, tok, proc = _from_pretrained(name)
+    online = hub_reachable()
+    try: model, tok, proc = _from_pretrained(name, local_files_only=not online)   # offline: the cache, no retries
     except Exception as e:   # offline, unknown or gated repo...: mostly OSError, but the hub client raises others too
-        raise CapsegError(f"--model {name}: not a local folder, and loading it from the Hugging Face hub failed "
-                          f"({first_line(e, 160)}). Offline? Use --model tiny or a save_pretrained folder") from None
+        why = (f'loading it from the Hugging Face hub failed ({first_line(e, 160)})' if online else
+               'the Hugging Face hub does not answer, and the local cache does not hold it')
+        raise CapsegError(f'--model {name}: not a local folder; {why}. '
+                          'Offline? Use --model tiny or a save_pretrained folder') from None
     return Captioner(_capsegs(model, tok), tok, proc, name, False)
 
 # %% ../nbs/11_caption_model.ipynb #26bd3ab3

@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #48c8e6b9
 from __future__ import annotations
-import functools, inspect, json, math, os, pickle, random, shutil, stat, sys, tempfile
+import functools, inspect, io, json, math, os, pickle, random, shutil, stat, sys, tempfile
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib.util import find_spec
@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from tqdm.std import tqdm as _TextBar
+
 # tqdm.auto draws notebook bars with ipywidgets; without it, text bars (tqdm.std) rather than a TqdmWarning
 if find_spec('ipywidgets'): from tqdm.auto import tqdm
-else: from tqdm.std import tqdm
+else: tqdm = _TextBar
 
 # %% auto #0
 __all__ = ['SAFE_GLOBALS', 'MAX_NPZ_BYTES', 'LOCK_NAME', 'STAGING', 'PROBE_BYTES', 'CapsegError', 'check_number', 'as_path',
@@ -423,10 +425,30 @@ def quiet_when_asked(f: Callable) -> Callable:
         with quiet_output(bound.arguments['quiet']): return f(*args, **kwargs)
     return call
 
+class _CellBar(_TextBar):
+    "A text bar in a Jupyter cell's output, redrawn in place through a display handle (see above)."
+    def __init__(self, *args, **kwargs):
+        self.shown = None
+        super().__init__(*args, **{**kwargs, 'file': io.StringIO()})   # nothing on stderr: no '\r' to keep
+
+    def display(self, msg=None, pos=None) -> bool:
+        from IPython.display import display
+        text = {'text/plain': str(self) if msg is None else msg}
+        if self.shown is None: self.shown = display(text, raw=True, display_id=True)
+        else: self.shown.update(text, raw=True)
+        return True
+
+def _bar_kind(stream) -> type | None:
+    "The tqdm class that shows a bar to a person watching `stream`; None where nobody watches it as it is written."
+    if type(stream).__module__.startswith('ipykernel.'): return _CellBar if tqdm is _TextBar else tqdm   # a notebook
+    return tqdm if getattr(stream, 'isatty', lambda: False)() else None
+
 def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
-    "A tqdm progress bar that stays quiet when stderr is not a TTY, in every process but the main one, and when quiet."
-    off = True if _QUIET.get() or not is_main_process() else None
-    return tqdm(iterable, disable=off, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
+    """A tqdm progress bar (`kwargs` go to tqdm; `leave` False by default) for a person watching stderr (or `file`): in a
+    terminal or a Jupyter cell; hidden elsewhere (pipes, logs), in every process but the main one, and when quiet."""
+    kind = _bar_kind(kwargs.get('file', sys.stderr))
+    off = kind is None or _QUIET.get() or not is_main_process()
+    return (kind or tqdm)(iterable, disable=off, dynamic_ncols=True, leave=kwargs.pop('leave', False), **kwargs)
 
 def say(message: str):
     "Print `message` on stderr (beside any progress bar), in the main process, unless quiet."

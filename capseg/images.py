@@ -238,15 +238,19 @@ def _to_uint8(frame: np.ndarray) -> np.ndarray:
     scaled *= np.float32(255 / max(high - low, 1e-30))
     return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
 
-def to_rgb8(frame: np.ndarray) -> Image.Image:
-    "An 8-bit RGB Pillow image of an H×W or H×W×C frame, scaled by its dtype's range (integers) or [0, 1] (floats)."
+_PIL_SHOWS = frozenset({'1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LAB', 'HSV'})
+
+def to_rgb8(frame: np.ndarray | Image.Image) -> Image.Image:
+    """An 8-bit RGB Pillow image of an H×W or H×W×C frame, scaled by its dtype's range (integers) or [0, 1] (floats);
+    of a Pillow image as `read_rgb8` reads its file (Pillow's conversion for the 8-bit modes, else its pixels scaled)."""
+    if isinstance(frame, Image.Image):
+        if frame.mode in _PIL_SHOWS: return frame.convert('RGB')
+        frame = _pil_array(frame)
     frame = np.asarray(frame)
     if frame.ndim == 3 and frame.shape[2] in (1, 2): frame = frame[..., 0]
     elif frame.ndim == 3 and frame.shape[2] in (3, 4): frame = frame[..., :3]
     elif frame.ndim != 2: raise CapsegError(f'an image of shape {frame.shape} cannot be shown in RGB')
     return Image.fromarray(np.ascontiguousarray(_to_uint8(frame))).convert('RGB')
-
-_PIL_SHOWS = frozenset({'1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LAB', 'HSV'})
 
 def read_rgb8(path: str | os.PathLike, index: int = 0, *, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     "Frame `index` of an image file as an 8-bit RGB Pillow image (Pillow's own conversion for 8-bit files)."
@@ -256,6 +260,6 @@ def read_rgb8(path: str | os.PathLike, index: int = 0, *, max_pixels: int | None
             if im.mode in _PIL_SHOWS:
                 _check_size(path, im.size[::-1], max_pixels)
                 im.load()
-                return im.convert('RGB')
+                return to_rgb8(im)
     frame = read_frame(path, index, max_pixels=max_pixels)
     with _naming(path): return to_rgb8(frame)
