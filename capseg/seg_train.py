@@ -234,11 +234,11 @@ def _border_high(p: torch.Tensor) -> bool:
     return _polarity(p[None, None])
 
 def _grid(rows: dict, flip: bool, path, title: str):
-    "The results figure: image, probability, the binary mask (flipped where `flip`) and, where given, the mask."
-    rows = {'image': rows['image'], 'probability': rows['p'],
-            'binary': [((1 - p) if flip else p) > 0.5 for p in rows['p']],
-            **({'mask': rows['mask']} if rows.get('mask') is not None else {})}
-    image_grid(rows, path, title=title)
+    """The results figure: image, the probability of the region the binary row shows (`1 - p` where `flip`), that
+    region (probability > 0.5) and, where given, the mask."""
+    prob = [(1 - p) if flip else p for p in rows['p']]
+    image_grid({'image': rows['image'], 'probability': prob, 'binary': [q > 0.5 for q in prob],
+                **({'mask': rows['mask']} if rows.get('mask') is not None else {})}, path, title=title)
 
 def _split_results(model, x: torch.Tensor, masks, setup: _Setup, flip: bool | None = None) -> tuple[dict, dict]:
     "Scores of one in-memory split, and its figure rows (10 images)."
