@@ -72,16 +72,24 @@ def _arrays(images) -> list[np.ndarray] | None:
         return [np.asarray(a) for a in images]
     return None
 
+def _array_data(arrays: list, masks=None, channel=None, levels=None, split: str = 'train') -> SegData | FrameSet:
+    """In-memory images and their masks (arrays or PIL images, label images allowed; or None) as data: in their own
+    units and of one size, split `split` of a `SegData`, as an npz would hold them; else a `FrameSet` (normalised by
+    `levels` where given, as image files are)."""
+    mask_arrays = None if masks is None else _arrays(masks)
+    if masks is not None and (mask_arrays is None or len(mask_arrays) != len(arrays)):
+        got = f'{len(mask_arrays)} masks' if mask_arrays is not None else type(masks).__name__
+        raise CapsegError(f'masks= takes an array or PIL image per image: {len(arrays)} images, not {got}')
+    grey = [to_grey(a, channel) if a.ndim == 3 else a for a in arrays]
+    if levels is None and len({a.shape for a in grey}) == 1:       # one size: in memory, as an npz would be
+        d = {f'image_{split}': np.stack(grey), **({} if masks is None else {f'mask_{split}': np.stack(mask_arrays)})}
+        return validate_seg_arrays(d, 'arrays', need=(f'image_{split}',), labels=True)
+    return FrameSet(arrays, mask_arrays, channel, levels, source=f'{len(arrays)} arrays')
+
 def _images_data(images, masks=None, channel=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData | FrameSet:
     "What `train(images=...)` takes: arrays (kept in their units), an npz, or image files (read lazily)."
     arrays = _arrays(images)
-    if arrays is not None:
-        mask_arrays = _arrays(masks) if masks is not None else None
-        grey = [to_grey(a, channel) if a.ndim == 3 else a for a in arrays]
-        if len({a.shape for a in grey}) == 1:                    # one size: in memory, as an npz would be
-            d = {'image_train': np.stack(grey), **({} if masks is None else {'mask_train': np.stack(mask_arrays)})}
-            return validate_seg_arrays(d, 'arrays', labels=True)
-        return FrameSet(grey, mask_arrays, levels=None, source=f'{len(grey)} arrays')
+    if arrays is not None: return _array_data(arrays, masks, channel)
     paths = [images] if isinstance(images, (str, os.PathLike)) else images
     if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
         raise CapsegError(f'images= takes image paths, folders, globs, an npz file, NumPy arrays or PIL images, '

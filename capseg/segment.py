@@ -25,7 +25,7 @@ from .seg_model import *
 from .seg_model import _tiled_bands
 from .seg_train import *
 from .seg_inputs import *
-from .seg_inputs import load_frames
+from .seg_inputs import _array_data, _arrays, load_frames
 from .seg_train import _frame_metrics, score_frames
 
 # %% auto #0
@@ -46,15 +46,20 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
 
 def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
-    """Score the model in folder `model` on the test split of npz `data`, or on `images` against `masks`; writes
-    metrics.json."""
+    """Score the model in folder `model` on the test split of npz `data`, or on `images` against `masks`: image paths,
+    folders and globs, or arrays (an N×H×W array, a list of H×W or H×W×C arrays or PIL images; label images allowed as
+    masks), read in the units the model was trained in; writes metrics.json into `out` (default: beside the model's)."""
     if model is None: raise CapsegError('give --model DIR (a folder written by `capseg segment train`)')
     if (data is None) == (images is None):
         raise CapsegError('give --data FILE.npz, or --images PATH... with --masks PATH...')
     if images is not None and masks is None:
         raise CapsegError('--images needs --masks: eval scores images against their masks')
     net, rec = load_model(model, device)
+    arrays = None if images is None else _arrays(images)
     if images is None: d = load_seg_npz(data, max_npz_bytes, need=('image_test', 'mask_test'))
+    elif arrays is not None:        # as the model's files were read, or in their own units as its npz held them
+        reading = _reading(rec, channel) if rec.get('inputs') else dict(channel=channel)
+        d = _array_data(arrays, masks, split='test', **reading)
     else: d = load_frames(images, masks, **_reading(rec, channel))
     with cpu_threads(rec['recipe'].get('threads')):
         return (_evaluate if isinstance(d, SegData) else _evaluate_frames)(d, net, rec, model, out)
