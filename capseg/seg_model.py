@@ -419,14 +419,17 @@ def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overl
         carry = band[done:].copy()
         yield top, band[:done]
 
-def tiled_probability(net: nn.Module, x: np.ndarray, tile: int | None = None) -> np.ndarray:
-    """The probability map (H×W float32) of one image `x` in the network's units: whole, or over blended tiles when
-    large."""
+def tiled_probability(net: nn.Module, x: np.ndarray, tile: int | None = None, norm: dict | None = None) -> np.ndarray:
+    """The probability map (H×W float32) of one image `x` -- in the network's units, or mapped there by `norm` (its
+    `mean` and `std`) a tile at a time -- whole, or over blended tiles when large (memory: `x`, the map and a band)."""
     side, overlap, margin = tiling(net, tile)
-    if x.shape[0] * x.shape[1] <= side * side:
-        return infer(net, torch.from_numpy(np.ascontiguousarray(x))[None, None])[0, 0].numpy()
-    region = lambda rows, cols: torch.from_numpy(np.ascontiguousarray(x[rows, cols]))[None, None]
-    return np.concatenate([band for _, band in _tiled_bands(net, region, x.shape, side, overlap, margin)])
+    mean, std = (norm['mean'], norm['std']) if norm else (0.0, 1.0)
+    region = lambda rows, cols: ((torch.from_numpy(np.ascontiguousarray(x[rows, cols], np.float32)) - mean)
+                                 / std)[None, None]
+    if x.shape[0] * x.shape[1] <= side * side: return infer(net, region(slice(None), slice(None)))[0, 0].numpy()
+    p = np.empty(x.shape, np.float32)
+    for top, band in _tiled_bands(net, region, x.shape, side, overlap, margin): p[top:top + len(band)] = band
+    return p
 
 # %% ../nbs/05_seg_model.ipynb #6ac8a250
 def noise_sigma(images) -> np.ndarray:

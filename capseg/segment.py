@@ -25,7 +25,7 @@ from .seg_model import *
 from .seg_model import _tiled_bands
 from .seg_train import *
 from .seg_inputs import *
-from .seg_inputs import _array_data, _arrays, load_frames
+from .seg_inputs import _array_data, _arrays, _frames_of, _too_large, load_frames
 from .seg_train import _frame_metrics, score_frames
 
 # %% auto #0
@@ -48,7 +48,7 @@ def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | N
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
     """Score the model in folder `model` on the test split of npz `data`, or on `images` against `masks`: image paths,
     folders and globs, or arrays (an N×H×W array, a list of H×W or H×W×C arrays or PIL images; label images allowed as
-    masks), read in the units the model was trained in; writes metrics.json into `out` (default: beside the model's)."""
+    masks), read in the units the model was trained in; writes metrics.json into `out` (default: the model's folder)."""
     if model is None: raise CapsegError('give --model DIR (a folder written by `capseg segment train`)')
     if (data is None) == (images is None):
         raise CapsegError('give --data FILE.npz, or --images PATH... with --masks PATH...')
@@ -61,6 +61,8 @@ def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | N
         reading = _reading(rec, channel) if rec.get('inputs') else dict(channel=channel)
         d = _array_data(arrays, masks, split='test', **reading)
     else: d = load_frames(images, masks, **_reading(rec, channel))
+    if isinstance(d, SegData) and _too_large(d.image_test, rec['recipe']['batch_size']):   # one by one, as train does
+        d = _frames_of(d.image_test, d.mask_test, d.source)
     with cpu_threads(rec['recipe'].get('threads')):
         return (_evaluate if isinstance(d, SegData) else _evaluate_frames)(d, net, rec, model, out)
 

@@ -65,3 +65,48 @@ def test_evaluate_arrays_as_npz(seg_small, tmp_path):
     on_npz = segment.evaluate(folder / 'small.npz', model, out=tmp_path / 'ev1')
     on_arrays = segment.evaluate(model=model, images=d.image_test, masks=list(d.mask_test), out=tmp_path / 'ev2')
     same_metrics(on_npz, on_arrays)
+
+
+def test_large_npz_images_train_as_crops(tmp_path, monkeypatch):
+    """Images in an npz too large to train on whole (here: `WHOLE_PIXELS` lowered to 16 images of 64²) train as crops,
+    in their own units; the test split is scored image by image, and `eval --data` scores it the same way."""
+    from capseg import seg_inputs, segment
+    from capseg.seg_data import make_shapes, save_seg_npz
+    monkeypatch.setattr(seg_inputs, 'WHOLE_PIXELS', 16 * 64 * 64)
+    save_seg_npz(make_shapes(n_train=24, n_test=6, size=64, seed=2), tmp_path / 'big.npz')
+    m = segment.train(tmp_path / 'big.npz', out=tmp_path / 'run', epochs=1, quiet=True)
+    assert m['crop'] == 64 and m['n_frames'] == 24 and m['n_test'] == 6 and m['data'] == str(tmp_path / 'big.npz')
+    assert 0 <= m['test_iou'] <= 100 and 'baseline_test_iou' in m and (tmp_path / 'run' / 'results_test.png').exists()
+    assert segment.load_model(tmp_path / 'run')[1]['inputs'] is None, 'predicted in its own units, as an npz holds it'
+    ev = segment.evaluate(tmp_path / 'big.npz', tmp_path / 'run', out=tmp_path / 'ev')
+    assert ev['test_iou'] == pytest.approx(m['test_iou'], abs=1e-3) and ev['n_test'] == 6
+    monkeypatch.setattr(seg_inputs, 'WHOLE_PIXELS', 64 * 64 * 64)
+    m = segment.train(tmp_path / 'big.npz', out=tmp_path / 'whole', epochs=1, quiet=True, figures=False)
+    assert 'crop' not in m and m['n_train'] == 24, 'below the limit: held whole, as before'
+
+
+def test_frame_too_large_for_memory_one_line(tmp_path, monkeypatch):
+    "A frame that needs more memory than the process has is refused before training, saying how much it needs."
+    from PIL import Image
+    from conftest import capseg_main
+    from capseg import seg_inputs
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 640), dtype=np.uint8)).save(tmp_path / 'big.png')
+    monkeypatch.setattr(seg_inputs, '_available_memory', lambda: 2 ** 20)           # 1 MiB free
+    r = capseg_main('segment', 'train', '--images', tmp_path / 'big.png', '--out', tmp_path / 'run')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'big.png: training on a 512×640 frame needs about 4 MiB of memory, 1 MiB is free' in r.stderr
+    assert not (tmp_path / 'run' / 'checkpoint.pt').exists()
+    monkeypatch.setattr(seg_inputs, '_available_memory', lambda: 2 ** 30)
+    assert capseg_main('segment', 'train', '--images', tmp_path / 'big.png', '--out', tmp_path / 'run',
+                       '--epochs', 1).returncode == 0
+
+
+def test_available_memory_sees_an_address_space_limit():
+    "`ulimit -v` (as the fuzz run's allocator failures came from) lowers what is counted free."
+    import subprocess, sys
+    code = 'from capseg.seg_inputs import _available_memory as a; print(a())'
+    limited = subprocess.run(['prlimit', f'--as={6 * 2 ** 30}', sys.executable, '-c', code], capture_output=True,
+                             text=True)
+    if limited.returncode: pytest.skip(f'prlimit: {limited.stderr.strip()}')
+    assert 0 < int(limited.stdout) < 5 * 2 ** 30, 'the limit less the address space the process already holds'
+
