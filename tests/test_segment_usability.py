@@ -110,3 +110,29 @@ def test_available_memory_sees_an_address_space_limit():
     if limited.returncode: pytest.skip(f'prlimit: {limited.stderr.strip()}')
     assert 0 < int(limited.stdout) < 5 * 2 ** 30, 'the limit less the address space the process already holds'
 
+
+def test_large_image_shows_progress_over_tiles(seg_small, tmp_path, monkeypatch):
+    """`segment predict` on an image of many tiles: as quiet as before while it is quick; once its tiles take longer
+    than `REPORT_AFTER` (lowered to 0 here), a line at each tenth of them on stderr (not a terminal), a bar on one."""
+    import io, re, sys
+    from PIL import Image
+    from conftest import capseg_main
+    from capseg import seg_model, segment
+    model, image = seg_small[0] / 'run', np.random.default_rng(0).random((1200, 1000)).astype(np.float32)
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / 'a.png')
+    predict = lambda out: capseg_main('segment', 'predict', '--model', model, tmp_path / 'a.png', '--out', tmp_path / out)
+    r = predict('quick')
+    assert r.returncode == 0 and r.stderr == '', r.stderr
+    monkeypatch.setattr(seg_model, 'REPORT_AFTER', 0.0)
+    r = predict('slow')
+    lines = r.stderr.splitlines()
+    assert r.returncode == 0 and 3 <= len(lines) <= 11, r.stderr
+    assert all(re.fullmatch(r'1200×1000 image: \d+ of \d+ tiles \(\d+%\) in \d+ s', line) for line in lines), lines
+    assert re.fullmatch(r'1200×1000 image: (\d+) of \1 tiles \(100%\) in \d+ s', lines[-1])
+
+    class Terminal(io.StringIO):
+        def isatty(self): return True
+    monkeypatch.setattr(sys, 'stderr', Terminal())
+    segment.predict(model, image)
+    shown = sys.stderr.getvalue()
+    assert '1200×1000 image' in shown and 'tile/s' in shown and ' of ' not in shown, 'a bar, not lines'
