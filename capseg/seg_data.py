@@ -217,6 +217,7 @@ class FrameSet:
     channel: int | None = None                     # colour files: this channel (None: the BT.601 grey rule)
     levels: tuple[float, float] | None = (1.0, 99.8)   # percentiles mapped to 0 and 1 per frame (None: as given)
     source: str = 'images'
+    test: FrameSet | None = None                   # frames scored after training, never trained on (an npz's test split)
 
     def __post_init__(self): self._cached = (None, None)
     def __len__(self): return len(self.frames)

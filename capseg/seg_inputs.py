@@ -8,6 +8,7 @@ Docs: https://capseg.github.io/capseg/seg_inputs.html.md"""
 from __future__ import annotations
 import hashlib, math, os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from .seg_data import (FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, 
 from .seg_model import Recipe, noise_sigma, normalize, seg_transforms, SegDataset
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'MAX_UNITS', 'EPOCH_BATCHES', 'load_frames']
+__all__ = ['MASK_SUFFIXES', 'WHOLE_PIXELS', 'MAX_UNITS', 'FRAME_BYTES', 'EPOCH_BATCHES', 'load_frames']
 
 # %% ../nbs/06_seg_inputs.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -72,19 +73,27 @@ def _arrays(images) -> list[np.ndarray] | None:
         return [np.asarray(a) for a in images]
     return None
 
+def _array_data(arrays: list, masks=None, channel=None, levels=None, split: str = 'train') -> SegData | FrameSet:
+    """In-memory images and their masks (arrays or PIL images, label images allowed; or None) as data: in their own
+    units and of one size, split `split` of a `SegData`, as an npz would hold them; else a `FrameSet` (normalised by
+    `levels` where given, as image files are)."""
+    mask_arrays = None if masks is None else _arrays(masks)
+    if masks is not None and (mask_arrays is None or len(mask_arrays) != len(arrays)):
+        got = f'{len(mask_arrays)} masks' if mask_arrays is not None else type(masks).__name__
+        raise CapsegError(f'masks= takes an array or PIL image per image: {len(arrays)} images, not {got}')
+    grey = [to_grey(a, channel) if a.ndim == 3 else a for a in arrays]
+    if levels is None and len({a.shape for a in grey}) == 1:       # one size: in memory, as an npz would be
+        d = {f'image_{split}': np.stack(grey), **({} if masks is None else {f'mask_{split}': np.stack(mask_arrays)})}
+        return validate_seg_arrays(d, 'arrays', need=(f'image_{split}',), labels=True)
+    return FrameSet(arrays, mask_arrays, channel, levels, source=f'{len(arrays)} arrays')
+
 def _images_data(images, masks=None, channel=None, max_npz_bytes: int = MAX_NPZ_BYTES) -> SegData | FrameSet:
     "What `train(images=...)` takes: arrays (kept in their units), an npz, or image files (read lazily)."
     if getattr(images, 'size', None) == 0 or (isinstance(images, (list, tuple)) and not images):
         shape = f' of shape {images.shape}' if isinstance(images, np.ndarray) else ''
         raise CapsegError(f'images= is an empty {type(images).__name__}{shape}: give at least one image')
     arrays = _arrays(images)
-    if arrays is not None:
-        mask_arrays = _arrays(masks) if masks is not None else None
-        grey = [to_grey(a, channel) if a.ndim == 3 else a for a in arrays]
-        if len({a.shape for a in grey}) == 1:                    # one size: in memory, as an npz would be
-            d = {'image_train': np.stack(grey), **({} if masks is None else {'mask_train': np.stack(mask_arrays)})}
-            return validate_seg_arrays(d, 'arrays', labels=True)
-        return FrameSet(grey, mask_arrays, levels=None, source=f'{len(grey)} arrays')
+    if arrays is not None: return _array_data(arrays, masks, channel)
     paths = [images] if isinstance(images, (str, os.PathLike)) else images
     if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
         raise CapsegError(f'images= takes image paths, folders, globs, an npz file, NumPy arrays or PIL images, '
@@ -105,6 +114,24 @@ def _resolve_data(data=None, images=None, masks=None, *, shapes: bool = False, n
         return load_seg_npz(data, max_npz_bytes)
     if shapes: return make_shapes(noise=check_number(noise, '--noise', least=0))
     return _images_data(images, masks, channel, max_npz_bytes)
+
+# %% ../nbs/06_seg_inputs.ipynb #b1a9e27c
+WHOLE_PIXELS = 2 ** 20    # pixels of a batch of images trained on whole at most; larger images are trained on as crops
+
+def _too_large(images: np.ndarray | None, batch_size: int) -> bool:
+    "Whether a batch of `batch_size` of `images` (N×H×W) held whole would exceed `WHOLE_PIXELS`."
+    return images is not None and min(len(images), batch_size) * images.shape[1] * images.shape[2] > WHOLE_PIXELS
+
+def _frames_of(images: np.ndarray, masks: np.ndarray | None, source: str, test: FrameSet | None = None) -> FrameSet:
+    "Images held in memory (N×H×W) and their masks as a `FrameSet` in their own units."
+    return FrameSet(list(images), None if masks is None else list(masks), levels=None, source=source, test=test)
+
+def _crops_if_large(d, batch_size: int):
+    """`d`, or, when a batch of its training images held whole would exceed `WHOLE_PIXELS`, its splits as frames in
+    their own units: the training images drawn as random crops, the test images scored one by one (over tiles)."""
+    if not isinstance(d, SegData) or not _too_large(d.image_train, batch_size): return d
+    test = None if d.image_test is None else _frames_of(d.image_test, d.mask_test, f'{d.source} (test)')
+    return _frames_of(d.image_train, d.mask_train, d.source, test)
 
 # %% ../nbs/06_seg_inputs.ipynb #5e5a422c
 @dataclass
@@ -170,6 +197,35 @@ def _setup_arrays(d: SegData, recipe: Recipe, seed: int, gen: torch.Generator) -
     return _Setup(loader, x_train[held], norm, sigma, _alpha(recipe, sigma), _epochs(recipe, len(loader)),
                   tuple(x_train.shape[-2:]), test, d.mask_train is not None)
 
+# %% ../nbs/06_seg_inputs.ipynb #9d3b6a48
+FRAME_BYTES = 12      # bytes of memory a run needs per pixel of its largest frame (decoded, normalised, scored)
+_CGROUPS = (('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),                               # v2
+            ('/sys/fs/cgroup/memory/memory.limit_in_bytes', '/sys/fs/cgroup/memory/memory.usage_in_bytes'))  # v1
+
+def _available_memory() -> int | None:
+    "Bytes this process may still take: the least of Linux's available memory, its cgroup's and its address space's."
+    found = []
+    try:
+        with open('/proc/meminfo') as f: found += [int(s.split()[1]) * 1024 for s in f if s.startswith('MemAvailable:')]
+        for limit, usage in _CGROUPS:
+            if os.path.exists(limit) and (text := Path(limit).read_text().strip()).isdigit() and int(text) < 2 ** 60:
+                found.append(int(text) - int(Path(usage).read_text()))
+        import resource                                               # Unix only
+        if (space := resource.getrlimit(resource.RLIMIT_AS)[0]) != resource.RLIM_INFINITY:
+            found.append(space - int(Path('/proc/self/statm').read_text().split()[0]) * os.sysconf('SC_PAGE_SIZE'))
+    except (OSError, ValueError, ImportError): pass
+    return min(found) if found else None
+
+def _check_memory(f: FrameSet, shapes: list[tuple[int, int]]):
+    "A one-line `CapsegError` when the largest frame of `f` (of `shapes`) needs more memory than the process has."
+    i = max(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1])
+    (h, w), have = shapes[i], _available_memory()
+    need = FRAME_BYTES * h * w
+    if have is not None and need > have:
+        size = lambda n: f'{n / 2 ** 30:.1f} GiB' if n >= 2 ** 30 else f'{n / 2 ** 20:.0f} MiB'
+        raise CapsegError(f'{f.name(i)}: training on a {h}×{w} frame needs about {size(need)} of memory, '
+                          f'{size(max(have, 0))} is free; cut it into smaller images or free memory')
+
 # %% ../nbs/06_seg_inputs.ipynb #4a48886c
 class _CropPairs(Dataset):
     "`RandomCrops` as (image, mask) `tv_tensors` pairs in the network's units, transformed together."
@@ -194,6 +250,7 @@ EPOCH_BATCHES = 8     # batches an epoch of crops has at least (the patience and
 def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
     "The loader and settings for frames of any size: random crops, frame by frame; frames held out for the risk."
     shapes = [f.shape(i) for i in range(len(f))]
+    _check_memory(f, shapes)
     side = crop_side(shapes, max(2 ** (len(w) - 1) for w in recipe.candidates or [recipe.widths]))
     fit, held = _holdout(len(f), recipe.holdout, seed) if len(f) >= 5 else (np.arange(len(f)), np.arange(len(f)))
     batch = max(4, min(recipe.batch_size, round(recipe.batch_size * (64 / side) ** 2)))

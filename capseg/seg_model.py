@@ -17,16 +17,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import CapsegError, eval_mode
+from .core import CapsegError, eval_mode, progress, say
 
 # %% auto #0
 __all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'REFINE_LR', 'REFINE_KAPPA', 'PREDICT_PIXELS', 'TILE',
-           'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip', 'flip_invariant_iou',
-           'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet', 'Recipe', 'build_net',
-           'make_optimizer', 'normalize', 'infer', 'score', 'fused_for_inference', 'images_per_second', 'blur_otsu',
-           'chan_vese_classic', 'baseline_scores', 'energy_gradient', 'refine_probability', 'Refined',
-           'with_refinement', 'receptive_field', 'tiling', 'tiled_probability', 'noise_sigma', 'piecewise_constant',
-           'sure_risk']
+           'REPORT_AFTER', 'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip',
+           'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet',
+           'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'fused_for_inference',
+           'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores', 'energy_gradient',
+           'refine_probability', 'Refined', 'with_refinement', 'receptive_field', 'tiling', 'tiled_probability',
+           'noise_sigma', 'piecewise_constant', 'sure_risk']
 
 # %% ../nbs/05_seg_model.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
@@ -393,6 +393,27 @@ def _weights(i: int, count: int, length: int, ramp: np.ndarray) -> np.ndarray:
     if i < count - 1: w[-len(ramp):] *= 1 - ramp
     return w
 
+# %% ../nbs/05_seg_model.ipynb #7e5f2c19
+REPORT_AFTER = 5.0    # seconds: an image whose tiles take longer shows how far it got
+
+class _TileProgress:
+    """Call after each of `total` tiles of an image of `shape`: once they take `REPORT_AFTER` s, a bar on a terminal,
+    else a line on stderr at each tenth of the tiles."""
+    def __init__(self, total: int, shape: tuple[int, int]):
+        self.total, self.done, self.shown, self.what = total, 0, None, f'{shape[0]}×{shape[1]} image'
+        self.bar = progress(total=total, desc=self.what, unit='tile', delay=REPORT_AFTER)
+        self.start = time.monotonic()
+
+    def __call__(self):
+        self.done += 1
+        self.bar.update()
+        seconds, tenth = time.monotonic() - self.start, self.done * 10 // self.total
+        if self.bar.disable and seconds >= REPORT_AFTER and (self.shown is None or tenth > self.shown):
+            self.shown = tenth
+            say(f'{self.what}: {self.done:,} of {self.total:,} tiles ({self.done / self.total:.0%}) in {seconds:.0f} s')
+
+    def close(self): self.bar.close()
+
 # %% ../nbs/05_seg_model.ipynb #ecc30818
 def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overlap: int,
                  margin: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -402,7 +423,7 @@ def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overl
     ramp = (np.sin(np.clip(t, 0, 1) * np.pi / 2) ** 2).astype(np.float32)
     rows, cols = _starts(h, tile, overlap), _starts(w, tile, overlap)
     col_weights = [_weights(j, len(cols), min(tile, w - left), ramp) for j, left in enumerate(cols)]
-    carry = None
+    carry, tick = None, _TileProgress(len(rows) * len(cols), shape)
     for i, top in enumerate(rows):
         height = min(tile, h - top)
         band = np.zeros((height, w), np.float32)
@@ -415,18 +436,23 @@ def _tiled_bands(net, region: Callable, shape: tuple[int, int], tile: int, overl
             p *= row_weights
             p *= weights
             band[:, cols_] += p
+            tick()
         done = height if i == len(rows) - 1 else tile - overlap
         carry = band[done:].copy()
         yield top, band[:done]
+    tick.close()
 
-def tiled_probability(net: nn.Module, x: np.ndarray, tile: int | None = None) -> np.ndarray:
-    """The probability map (H×W float32) of one image `x` in the network's units: whole, or over blended tiles when
-    large."""
+def tiled_probability(net: nn.Module, x: np.ndarray, tile: int | None = None, norm: dict | None = None) -> np.ndarray:
+    """The probability map (H×W float32) of one image `x` -- in the network's units, or mapped there by `norm` (its
+    `mean` and `std`) a tile at a time -- whole, or over blended tiles when large (memory: `x`, the map and a band)."""
     side, overlap, margin = tiling(net, tile)
-    if x.shape[0] * x.shape[1] <= side * side:
-        return infer(net, torch.from_numpy(np.ascontiguousarray(x))[None, None])[0, 0].numpy()
-    region = lambda rows, cols: torch.from_numpy(np.ascontiguousarray(x[rows, cols]))[None, None]
-    return np.concatenate([band for _, band in _tiled_bands(net, region, x.shape, side, overlap, margin)])
+    mean, std = (norm['mean'], norm['std']) if norm else (0.0, 1.0)
+    region = lambda rows, cols: ((torch.from_numpy(np.ascontiguousarray(x[rows, cols], np.float32)) - mean)
+                                 / std)[None, None]
+    if x.shape[0] * x.shape[1] <= side * side: return infer(net, region(slice(None), slice(None)))[0, 0].numpy()
+    p = np.empty(x.shape, np.float32)
+    for top, band in _tiled_bands(net, region, x.shape, side, overlap, margin): p[top:top + len(band)] = band
+    return p
 
 # %% ../nbs/05_seg_model.ipynb #6ac8a250
 def noise_sigma(images) -> np.ndarray:

@@ -25,7 +25,7 @@ from .plot import image_grid, plot_curves
 from .seg_model import *
 from .seg_model import _nchw
 from .seg_inputs import *
-from .seg_inputs import _Setup, _fingerprint, _resolve_data, _setup_arrays, _setup_frames
+from .seg_inputs import _Setup, _crops_if_large, _fingerprint, _resolve_data, _setup_arrays, _setup_frames
 
 # %% auto #0
 __all__ = ['ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record', 'frame_probability', 'score_frames',
@@ -236,11 +236,11 @@ def _border_high(p: torch.Tensor) -> bool:
     return _polarity(p[None, None])
 
 def _grid(rows: dict, flip: bool, path, title: str):
-    "The results figure: image, probability, the binary mask (flipped where `flip`) and, where given, the mask."
-    rows = {'image': rows['image'], 'probability': rows['p'],
-            'binary': [((1 - p) if flip else p) > 0.5 for p in rows['p']],
-            **({'mask': rows['mask']} if rows.get('mask') is not None else {})}
-    image_grid(rows, path, title=title)
+    """The results figure: image, the probability of the region the binary row shows (`1 - p` where `flip`), that
+    region (probability > 0.5) and, where given, the mask."""
+    prob = [(1 - p) if flip else p for p in rows['p']]
+    image_grid({'image': rows['image'], 'probability': prob, 'binary': [q > 0.5 for q in prob],
+                **({'mask': rows['mask']} if rows.get('mask') is not None else {})}, path, title=title)
 
 def _split_results(model, x: torch.Tensor, masks, setup: _Setup, flip: bool | None = None) -> tuple[dict, dict]:
     "Scores of one in-memory split, and its figure rows (10 images)."
@@ -280,8 +280,7 @@ def _results_arrays(model, d: SegData, setup: _Setup, out: Path, figures: bool) 
 # %% ../nbs/07_seg_train.ipynb #21b5c429
 def frame_probability(model: nn.Module, image: np.ndarray, norm: dict) -> torch.Tensor:
     "The network's probability map (H×W) of one frame normalised per frame (`FrameSet.image`); over tiles when large."
-    x = (np.asarray(image, np.float32) - np.float32(norm['mean'])) / np.float32(norm['std'])
-    return torch.from_numpy(tiled_probability(model, x))
+    return torch.from_numpy(tiled_probability(model, np.asarray(image, np.float32), norm=norm))
 
 ENERGY_SIDE = 1024    # the Chan–Vese energy of a frame is measured on its central region of at most this side
 FIGURE_SIDE = 512     # frames are shown subsampled to at most this side
@@ -307,7 +306,8 @@ def score_frames(model, frames: FrameSet, norm: dict, alpha: float, *, figure_fr
     for i in progress(range(len(frames)), desc='scoring frames', unit='frame'):
         x = frames.image(i)
         p = frame_probability(model, x, norm)
-        r = dict(energy=_energy(x, p, norm, alpha), fg=(p > 0.5).float().mean().item(), border_high=_border_high(p))
+        r = dict(energy=_energy(x, p, norm, alpha), fg=torch.count_nonzero(p > 0.5).item() / p.numel(),
+                 border_high=_border_high(p))
         stored = frames.mask(i, stored=True)
         m = None if stored is None else (stored != 0).astype(np.uint8)
         if m is not None:
@@ -339,12 +339,16 @@ def _frame_metrics(per: list[dict], flip: bool, split: str) -> dict:
     return m
 
 def _results_frames(model, f: FrameSet, setup: _Setup, out: Path, figures: bool) -> dict:
-    "The metrics of a run on frames of any size: every frame predicted (over tiles when large) and scored."
+    "The metrics of a run on frames of any size: every frame, and every test frame, predicted (over tiles) and scored."
     per, rows, speed = score_frames(model, f, setup.norm, setup.alpha)
     flip = sum(r['border_high'] for r in per) > len(per) / 2          # the border rule, over frames
     m = dict(flip=flip, **_frame_metrics(per, flip, 'train'), crop=setup.crop, n_frames=len(f),
              inference_megapixels_per_s=speed)
     if figures: _grid(rows, flip, out / 'results_train.png', 'training frames (first 4)')
+    if f.test is not None:
+        per, rows, _ = score_frames(model, f.test, setup.norm, setup.alpha)
+        m.update({k: v for k, v in _frame_metrics(per, flip, 'test').items() if 'test' in k})
+        if figures: _grid(rows, flip, out / 'results_test.png', 'test images (first 4)')
     return m
 
 # %% ../nbs/07_seg_train.ipynb #c49c6a30
@@ -363,6 +367,7 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
     # refinement for images held whole (npz, arrays), not for frames: see "The gap to a real supervised ceiling"
     refined = recipe.refine_steps and not info.supervised and isinstance(data, SegData)
     refine = dict(steps=recipe.refine_steps, lr=REFINE_LR, alpha=REFINE_KAPPA * setup.sigma ** 2) if refined else None
+    test = data.test if isinstance(data, FrameSet) else data.image_test
     with staged(out, replaces=RESULT_FILES) as stage:
         results = (_results_arrays if isinstance(data, SegData)
                    else _results_frames)(with_refinement(net.model, refine), data, setup, stage, figures)
@@ -381,7 +386,7 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
                        best_epoch=net.best['epoch'] if net.best else None, stopped_early=state.stopped,
                        recipe=asdict(recipe), foreground='p < 0.5' if flip else 'p > 0.5', data=data.source,
                        n_train=len(data.image_train) if isinstance(data, SegData) else len(data),
-                       n_test=0 if getattr(data, 'image_test', None) is None else len(data.image_test),
+                       n_test=0 if test is None else len(test),
                        device=str(info.device), torch_threads=torch.get_num_threads(), iou_definition=IOU_DEFINITION,
                        history=net.history.to_dict())
         if figures: _curves(net.history, stage / 'curves.png', info.arch)
@@ -450,6 +455,7 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for
     if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
     _check_recipe(recipe)
+    d = _crops_if_large(d, recipe.batch_size)
     out, device = as_path(out, 'out'), get_device(device)
     info = _Settings(arch, seed, supervised, resume, device, _fingerprint(d), d.source, t_start)
     finished = () if resume or overwrite else RESULT_FILES[:1]        # a finished run's model.pt: refused at once

@@ -27,7 +27,7 @@ from .seg_model import *
 from .seg_model import _tiled_bands
 from .seg_train import *
 from .seg_inputs import *
-from .seg_inputs import _check_range, load_frames
+from .seg_inputs import _array_data, _arrays, _check_range, _frames_of, _too_large, load_frames
 from .seg_train import _frame_metrics, score_frames
 
 # %% auto #0
@@ -53,19 +53,26 @@ def load_model(path, device=None) -> tuple[nn.Module, dict]:
 def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:
     """Score the model in folder `model` (a `train --out` folder or its `model.pt`) on the test split of npz `data`
-    (`image_test`, `mask_test`), or on `images` (paths, folders, globs) against `masks` (mask or label image files,
-    matched by relative path or stem); write the metrics to `out/metrics.json` (default: beside the training record in
-    the model's folder) and return them. `channel`: the channel of colour images (None: the model's); `device`: a
-    torch device (default: `capseg.core.get_device`); `max_npz_bytes`: refuse an npz whose arrays decompress to more
-    bytes (default 2 GiB)."""
+    (`image_test`, `mask_test`), or on `images` against `masks`: image paths, folders and globs (mask or label image
+    files, matched by relative path or stem), or arrays (an N×H×W array, a list of H×W or H×W×C arrays or PIL images;
+    label images allowed as masks), read in the units the model was trained in; write the metrics to
+    `out/metrics.json` (default: beside the training record in the model's folder) and return them. `channel`: the
+    channel of colour images (None: the model's); `device`: a torch device (default: `capseg.core.get_device`);
+    `max_npz_bytes`: refuse an npz whose arrays decompress to more bytes (default 2 GiB)."""
     if model is None: raise CapsegError('give --model DIR (a folder written by `capseg segment train`)')
     if (data is None) == (images is None):
         raise CapsegError('give --data FILE.npz, or --images PATH... with --masks PATH...')
     if images is not None and masks is None:
         raise CapsegError('--images needs --masks: eval scores images against their masks')
     net, rec = load_model(model, device)
+    arrays = None if images is None else _arrays(images)
     if images is None: d = load_seg_npz(data, max_npz_bytes, need=('image_test', 'mask_test'))
+    elif arrays is not None:        # as the model's files were read, or in their own units as its npz held them
+        reading = _reading(rec, channel) if rec.get('inputs') else dict(channel=channel)
+        d = _array_data(arrays, masks, split='test', **reading)
     else: d = load_frames(images, masks, **_reading(rec, channel))
+    if isinstance(d, SegData) and _too_large(d.image_test, rec['recipe']['batch_size']):   # one by one, as train does
+        d = _frames_of(d.image_test, d.mask_test, d.source)
     folder = _eval_folder(model, out)           # claimed as train claims --out: a file or read-only disk is one line
     label = None if out is not None else f'--model {folder} (where metrics.json goes without --out)'
     with claim_output(folder, label=label), cpu_threads(rec['recipe'].get('threads')):
@@ -117,7 +124,7 @@ def _evaluate_frames(f: FrameSet, net, rec, model, out) -> dict:
     scored = [i for i, r in enumerate(per) if 'iou' in r]              # the frames with masks
     m = _frame_metrics([per[i] for i in scored], bool(rec.get('flip')), 'test')
     triples = [per[i].pop('objects') for i in scored]
-    pictures = _draw((f.image(i) for i in scored[:OVERLAYS]), triples, Path(out or model))
+    pictures = _draw((f.image(i) for i in scored[:OVERLAYS]), triples, _eval_folder(model, out))
     result = dict(**m, **_object_results(triples), n_test=m['n_masks'], data=f.source, model=str(model),
                   inference_megapixels_per_s=speed, overlays=pictures)
     return _save_eval(result, model, out)
