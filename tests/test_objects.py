@@ -91,6 +91,8 @@ def test_python_api_returns_label_images(model, frames):
     assert np.array_equal(labels[0], labels[1])
     loaded = segment.load_model(model)
     assert np.array_equal(segment.predict(loaded, stack[0], instances=True), labels[0])   # a loaded model
+    masks = segment.predict(loaded, stack)                               # masks alone: a bool mask per frame
+    assert len(masks) == 2 and masks[0].dtype == bool and np.array_equal(masks[0], segment.predict(model, stack[0]))
 
 
 def test_eval_reports_object_metrics_beside_blur_otsu(model, frames, tmp_path):
