@@ -21,7 +21,7 @@ from .core import (MAX_NPZ_BYTES, CapsegError, as_path, atomic_write, check_numb
 from .images import _pil_array, percentiles, read_frame, sample_step, to_grey
 from .objects import as_labels, label_objects, object_metrics, object_table, overlay, write_table
 from .predict import (RESULTS, Item, Predictions, expand_inputs, in_memory_images, read_npz_image, read_records,
-                            record_id, save_png)
+                            save_png)
 from .seg_data import MIN_SIZE, FrameSet, SegData, load_seg_npz
 from .seg_model import *
 from .seg_model import _tiled_bands
@@ -278,8 +278,8 @@ def _objects(mask: np.ndarray, image: _Input, item: Item | None, out, drawn: fro
     fields = dict(objects=len(table['label']), labels=str(path),
                   objects_csv=str(write_table(_path(out, 'objects', item.name, '.csv'), [(item.name, table)])))
     if item.id in drawn:
-        every, picture = slice(None, None, math.ceil(max(labels.shape) / OVERLAY_SIDE)), _path(out, 'overlays',
-                                                                                            item.name, '.png')
+        every = slice(None, None, math.ceil(max(labels.shape) / OVERLAY_SIDE))     # large images subsampled
+        picture = _path(out, 'overlays', item.name, '.png')
         overlay(image.grey(every, every), labels[every, every], picture)
         fields['overlay'] = str(picture)
     return fields
