@@ -76,7 +76,7 @@ def _save_eval(result: dict, model, out):
 
 # %% ../nbs/08_segment.ipynb #4e8207a3
 def _evaluate_frames(f: FrameSet, net, rec, model, out) -> dict:
-    per, _, speed = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0)
+    per, _, speed = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0, scale=rec.get('scale'))
     m = _frame_metrics([r for r in per if 'iou' in r], bool(rec.get('flip')), 'test')    # the frames with masks
     result = dict(**m, n_test=m['n_masks'], data=f.source, model=str(model), inference_megapixels_per_s=speed)
     return _save_eval(result, model, out)
