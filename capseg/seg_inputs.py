@@ -22,7 +22,7 @@ from .seg_data import (FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, 
 from .seg_model import Recipe, noise_sigma, normalize, seg_transforms, SegDataset
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'WHOLE_PIXELS', 'MAX_UNITS', 'FRAME_BYTES', 'EPOCH_BATCHES', 'load_frames']
+__all__ = ['MASK_SUFFIXES', 'WHOLE_PIXELS', 'MAX_UNITS', 'FRAME_BYTES', 'EPOCH_BATCHES', 'LOCAL_WINDOWS', 'load_frames']
 
 # %% ../nbs/06_seg_inputs.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -148,6 +148,7 @@ class _Setup:
     masks: bool = True                  # the training batches carry masks (their IoU is logged)
     crop: int | None = None             # FrameSet: the side of the training crops
     ramp_steps: float = 0.0             # optimiser steps over which alpha rises from 0
+    scale: float | None = None          # the loss's local means: Gaussian std in px (None: per-image means)
 
     @property
     def steps(self) -> int: return self.epochs * len(self.loader)
@@ -247,6 +248,8 @@ def _crop_stack(frames: FrameSet, side: int, per_frame, seed: int, n: int) -> np
 
 EPOCH_BATCHES = 8     # batches an epoch of crops has at least (the patience and the screening count epochs)
 
+LOCAL_WINDOWS = 8     # frames: the loss's local means average over a Gaussian of std = the crop side / this
+
 def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
     "The loader and settings for frames of any size: random crops, frame by frame; frames held out for the risk."
     shapes = [f.shape(i) for i in range(len(f))]
@@ -266,7 +269,7 @@ def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) 
     pairs = _CropPairs(RandomCrops(f, side, only(fit), seed), norm, seg_transforms(recipe.augment, (side, side)))
     loader = DataLoader(pairs, batch_size=batch, shuffle=False, collate_fn=_collate, drop_last=len(pairs) > batch)
     return _Setup(loader, x_held, norm, sigma, _alpha(recipe, sigma), _epochs(recipe, len(loader)), (side, side),
-                  None, f.n_masks == len(f), side)
+                  None, f.n_masks == len(f), side, scale=side / LOCAL_WINDOWS)
 
 # %% ../nbs/06_seg_inputs.ipynb #4f768005
 def _fingerprint(d) -> str:

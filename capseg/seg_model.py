@@ -20,33 +20,60 @@ from torch.utils.data import Dataset
 from .core import CapsegError, eval_mode, progress, say
 
 # %% auto #0
-__all__ = ['IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'REFINE_LR', 'REFINE_KAPPA', 'PREDICT_PIXELS', 'TILE',
-           'REPORT_AFTER', 'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious', 'batch_flip',
-           'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple', 'SeedNet', 'CVNet',
-           'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score', 'fused_for_inference',
-           'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores', 'energy_gradient',
-           'refine_probability', 'Refined', 'with_refinement', 'receptive_field', 'tiling', 'tiled_probability',
-           'noise_sigma', 'piecewise_constant', 'sure_risk']
+__all__ = ['LOCAL_SHRINK', 'LOCAL_GRID', 'IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'REFINE_LR', 'REFINE_KAPPA',
+           'PREDICT_PIXELS', 'TILE', 'REPORT_AFTER', 'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious',
+           'batch_flip', 'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple',
+           'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score',
+           'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores',
+           'energy_gradient', 'refine_probability', 'Refined', 'with_refinement', 'receptive_field', 'tiling',
+           'tiled_probability', 'noise_sigma', 'piecewise_constant', 'sure_risk']
 
 # %% ../nbs/05_seg_model.ipynb #514c847b
 def _nchw(t: torch.Tensor) -> torch.Tensor:
     return t[:, None] if t.ndim == 3 else t
 
-def region_means(image: torch.Tensor, p: torch.Tensor, eps: float = 1e-8):
-    "Per-image mean intensity inside (`a`, weighted by `p`) and outside (`b`, by `1 − p`), each N×1×1×1."
+def _window_sums(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The sums of `x` (N×C×H×W) over a Gaussian window (peak 1, std `sigma` px, cut at 3σ) around each pixel, zero
+    outside the image: two 1-D convolutions. Taps beyond the image's extent would add only zeros: they are left out."""
+    r = max(1, min(math.ceil(3 * sigma), max(x.shape[-2:]) - 1))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0)), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r)), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+LOCAL_SHRINK = 0.05    # local means: the share of a window's weight given to the image's global mean
+LOCAL_GRID = 4         # local means are computed on a grid this many times coarser than the window's std
+
+def region_means(image: torch.Tensor, p: torch.Tensor, eps: float = 1e-8, scale: float | None = None):
+    """Mean intensity inside (`a`, weighted by `p`) and outside (`b`, by `1 − p`) of each image (N×1×H×W): per image
+    (each N×1×1×1) when `scale` is None; else local (each N×1×H×W), the means over a Gaussian window of std `scale`
+    px around each pixel, with `LOCAL_SHRINK` of the window's weight given to the per-image mean (so a window that
+    holds almost none of a region falls back to it). Local means vary slowly: they are computed on a grid
+    `scale`/`LOCAL_GRID` px apart (area averages) and interpolated back (bilinear)."""
     dims = (1, 2, 3)
     a = (image * p).sum(dims, keepdim=True) / (p.sum(dims, keepdim=True) + eps)
     b = (image * (1 - p)).sum(dims, keepdim=True) / ((1 - p).sum(dims, keepdim=True) + eps)
-    return a, b
+    if scale is None: return a, b
+    (h, w), step = image.shape[-2:], max(1, min(math.floor(scale / LOCAL_GRID), *image.shape[-2:]))
+    fine = F.pad(torch.cat([p, p * image, image, torch.ones_like(p)], 1), (0, -w % step, 0, -h % step))  # zeros outside
+    coarse = F.avg_pool2d(fine, step)
+    kp, kpi, ki, k1 = _window_sums(coarse, scale / step).unbind(1)
+    k0 = LOCAL_SHRINK * k1
+    ab = torch.stack([(kpi + k0 * a[:, 0]) / (kp + k0 + eps), (ki - kpi + k0 * b[:, 0]) / (k1 - kp + k0 + eps)], 1)
+    ab = F.interpolate(ab, scale_factor=step, mode='bilinear', align_corners=False)[..., :h, :w]
+    return ab[:, :1], ab[:, 1:]
 
-def chan_vese_loss(image: torch.Tensor, p: torch.Tensor, alpha: float, eps: float = 1e-8):
+def chan_vese_loss(image: torch.Tensor, p: torch.Tensor, alpha: float, eps: float = 1e-8,
+                   scale: float | None = None):
     """Chan–Vese energy of `p` (N×1×H×W or N×H×W, in [0, 1]) for `image` (same shape).
     Returns `(total, fidelity, regularization)`: `total` is a scalar, the batch mean of fidelity +
-    `alpha`·regularization; `fidelity` and `regularization` are per image (shape N)."""
+    `alpha`·regularization; `fidelity` and `regularization` are per image (shape N).
+    `scale`: None, the region means per image (Chan–Vese); else local means over a Gaussian window of this std in px
+    (`region_means`)."""
     image, p = _nchw(image), _nchw(p)
     if image.shape != p.shape: raise ValueError(f'image {tuple(image.shape)} and p {tuple(p.shape)} differ in shape')
     dims = (1, 2, 3)
-    a, b = region_means(image, p, eps)
+    a, b = region_means(image, p, eps, scale)
     fidelity = (p * (image - a) ** 2 + (1 - p) * (image - b) ** 2).mean(dims)
     dx = F.pad(p[..., :, 1:] - p[..., :, :-1], (0, 1))        # zero difference at the last column
     dy = F.pad(p[..., 1:, :] - p[..., :-1, :], (0, 0, 0, 1))  # and at the last row
@@ -464,19 +491,22 @@ def noise_sigma(images) -> np.ndarray:
     d = ((x[:, :-1, :-1] - x[:, 1:, :-1] - x[:, :-1, 1:] + x[:, 1:, 1:]) / 2).reshape(len(x), -1)
     return np.median(np.abs(d - np.median(d, 1, keepdims=True)), 1) / 0.6745
 
-def piecewise_constant(image: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    "The two-region reconstruction `p·a + (1 − p)·b` of `image`, with `a`, `b` its region means (as in the loss)."
+def piecewise_constant(image: torch.Tensor, p: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The two-region reconstruction `p·a + (1 − p)·b` of `image`, with `a`, `b` its region means as in the loss
+    (local over a window of std `scale` px where given)."""
     image, p = _nchw(image), _nchw(p)
-    a, b = region_means(image, p)
+    a, b = region_means(image, p, scale=scale)
     return p * a + (1 - p) * b
 
 @torch.no_grad()
-def sure_risk(model: nn.Module, x: torch.Tensor, sigma: float, probes: int = 2, seed: int = 0) -> float:
+def sure_risk(model: nn.Module, x: torch.Tensor, sigma: float, probes: int = 2, seed: int = 0,
+              scale: float | None = None) -> float:
     """Stein's unbiased estimate of the per-pixel mean squared error between the model's piecewise-constant
     reconstruction of images `x` (N×1×H×W, the network's units) and the noise-free images, for white Gaussian noise
-    of std `sigma` (same units). The divergence is estimated with `probes` seeded random probes."""
+    of std `sigma` (same units). The divergence is estimated with `probes` seeded random probes. `scale`: the
+    reconstruction's local means, as in the loss (`piecewise_constant`)."""
     x = x.to(next(model.parameters()).device)
-    recon = lambda y: piecewise_constant(y, model(y))
+    recon = lambda y: piecewise_constant(y, model(y), scale)
     with eval_mode(model):
         c = recon(x)
         if sigma <= 0: return ((c - x) ** 2).mean().item()     # noise-free images: no noise to probe, the plain error

@@ -88,9 +88,9 @@ class _Candidate:
         if self.sched is not None: self.sched.load_state_dict(s['scheduler'])
         self.history, self.best = History(s['history']), s['best']
 
-    def end_epoch(self, epoch: int, x_held, sigma: float, seed: int):
+    def end_epoch(self, epoch: int, x_held, sigma: float, seed: int, scale: float | None = None):
         "Estimate the held-out risk and keep the weights if it is the lowest so far."
-        risk = sure_risk(self.model, x_held, sigma, seed=seed)
+        risk = sure_risk(self.model, x_held, sigma, seed=seed, scale=scale)
         self.history.add('holdout/risk', risk)
         if self.best is None or risk < self.best['risk']:
             self.best = dict(risk=risk, epoch=epoch, state={k: v.detach().cpu().clone() for k, v in
@@ -145,7 +145,7 @@ def _train_epoch(nets: list[_Candidate], setup: _Setup, epoch: int, supervised: 
         a = setup.alpha * min(1.0, (epoch * len(setup.loader) + i + 1) / ramp) if ramp else setup.alpha
         for net, log in zip(nets, logs):
             p = net.model(xb)
-            total, fid, reg = chan_vese_loss(xb, p, a)
+            total, fid, reg = chan_vese_loss(xb, p, a, scale=setup.scale)
             loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
             if not torch.isfinite(loss): raise _Diverged(epoch, loss.item())
             net.opt.zero_grad(set_to_none=True)
@@ -208,7 +208,7 @@ def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = Tr
             raise CapsegError(f'training diverged in epoch {epoch + 1}: the loss is {e.loss}; {kept} — '
                               'lower the learning rate or alpha') from None
         for net in state.nets:
-            if len(setup.held): net.end_epoch(epoch + 1, setup.held, setup.sigma, info.seed)
+            if len(setup.held): net.end_epoch(epoch + 1, setup.held, setup.sigma, info.seed, setup.scale)
         if screen_at and epoch + 1 >= screen_at:
             (state.nets, state.selection), screen_at = _screen(state.nets, epoch + 1), None
         state.train_seconds += time.perf_counter() - t0
@@ -285,11 +285,11 @@ def frame_probability(model: nn.Module, image: np.ndarray, norm: dict) -> torch.
 ENERGY_SIDE = 1024    # the Chan–Vese energy of a frame is measured on its central region of at most this side
 FIGURE_SIDE = 512     # frames are shown subsampled to at most this side
 
-def _energy(x: np.ndarray, p: torch.Tensor, norm: dict, alpha: float) -> float:
+def _energy(x: np.ndarray, p: torch.Tensor, norm: dict, alpha: float, scale: float | None = None) -> float:
     "The Chan–Vese energy (network units) of `p` for frame `x`, on its central region (memory: a few copies of it)."
     rows, cols = (slice(max(0, (n - ENERGY_SIDE) // 2), max(0, (n - ENERGY_SIDE) // 2) + ENERGY_SIDE) for n in x.shape)
     xc = (torch.from_numpy(np.ascontiguousarray(x[rows, cols])) - norm['mean']) / norm['std']
-    return chan_vese_loss(xc[None, None], p[rows, cols][None, None], alpha)[0].item()
+    return chan_vese_loss(xc[None, None], p[rows, cols][None, None], alpha, scale=scale)[0].item()
 
 def _frame_objects(stored: np.ndarray, p: torch.Tensor, otsu: np.ndarray, flip: bool, otsu_ious: list) -> tuple:
     """(true, predicted, blur + Otsu) label images of a frame: its mask as stored, the model's phase by its `flip`
@@ -299,14 +299,15 @@ def _frame_objects(stored: np.ndarray, p: torch.Tensor, otsu: np.ndarray, flip: 
     return as_labels(stored, 'mask'), label_objects(fg), label_objects(otsu)
 
 def score_frames(model, frames: FrameSet, norm: dict, alpha: float, *, figure_frames: int = 4,
-                 objects_flip: bool | None = None):
+                 objects_flip: bool | None = None, scale: float | None = None):
     """Per-frame scores (energy, foreground, IoU both ways where masks exist, blur + Otsu), figure rows, megapixels/s;
-    with `objects_flip` (the model's polarity) also each masked frame's `objects` (`_frame_objects`)."""
+    with `objects_flip` (the model's polarity) also each masked frame's `objects` (`_frame_objects`); `scale`: the
+    local means' window (px) of a model trained on frames, None for per-image means."""
     per, rows, t = [], dict(image=[], p=[], mask=[] if frames.n_masks else None), time.perf_counter()
     for i in progress(range(len(frames)), desc='scoring frames', unit='frame'):
         x = frames.image(i)
         p = frame_probability(model, x, norm)
-        r = dict(energy=_energy(x, p, norm, alpha), fg=torch.count_nonzero(p > 0.5).item() / p.numel(),
+        r = dict(energy=_energy(x, p, norm, alpha, scale), fg=torch.count_nonzero(p > 0.5).item() / p.numel(),
                  border_high=_border_high(p))
         stored = frames.mask(i, stored=True)
         m = None if stored is None else (stored != 0).astype(np.uint8)
@@ -340,7 +341,7 @@ def _frame_metrics(per: list[dict], flip: bool, split: str) -> dict:
 
 def _results_frames(model, f: FrameSet, setup: _Setup, out: Path, figures: bool) -> dict:
     "The metrics of a run on frames of any size: every frame, and every test frame, predicted (over tiles) and scored."
-    per, rows, speed = score_frames(model, f, setup.norm, setup.alpha)
+    per, rows, speed = score_frames(model, f, setup.norm, setup.alpha, scale=setup.scale)
     flip = sum(r['border_high'] for r in per) > len(per) / 2          # the border rule, over frames
     m = dict(flip=flip, **_frame_metrics(per, flip, 'train'), crop=setup.crop, n_frames=len(f),
              inference_megapixels_per_s=speed)
@@ -374,7 +375,8 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
         flip = results.pop('flip')
         atomic_torch_save(model_record(net.model, recipe, setup.norm, net.widths, setup.alpha, arch=info.arch,
                                        flip=flip, epochs=net.history.epochs, data_source=data.source,
-                                       supervised=info.supervised, inputs=_inputs(data), refine=refine),
+                                       supervised=info.supervised, inputs=_inputs(data), refine=refine,
+                                       scale=setup.scale),
                           stage / 'model.pt')
         metrics = dict(**results, holdout_risk=net.best['risk'] if net.best else None,
                        train_seconds=state.train_seconds, train_cpu_seconds=state.cpu_seconds,
@@ -383,6 +385,7 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
                        epochs_planned=setup.epochs, noise_sigma=setup.sigma * setup.norm['std'],
                        alpha_rule=f'kappa {recipe.kappa:g} × noise variance' if recipe.alpha == 'auto' else 'given',
                        holdout_images=len(setup.held), selection=state.selection, refine=refine,
+                       local_scale=setup.scale,
                        best_epoch=net.best['epoch'] if net.best else None, stopped_early=state.stopped,
                        recipe=asdict(recipe), foreground='p < 0.5' if flip else 'p > 0.5', data=data.source,
                        n_train=len(data.image_train) if isinstance(data, SegData) else len(data),

@@ -120,7 +120,8 @@ def _draw(images, triples, folder: Path) -> list[str]:
     return [str(p) for p in paths]
 
 def _evaluate_frames(f: FrameSet, net, rec, model, out) -> dict:
-    per, _, speed = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0, objects_flip=bool(rec.get('flip')))
+    per, _, speed = score_frames(net, f, rec['norm'], rec['alpha'], figure_frames=0, objects_flip=bool(rec.get('flip')),
+                                    scale=rec.get('scale'))
     scored = [i for i, r in enumerate(per) if 'iou' in r]              # the frames with masks
     m = _frame_metrics([per[i] for i in scored], bool(rec.get('flip')), 'test')
     triples = [per[i].pop('objects') for i in scored]

@@ -43,6 +43,7 @@ def test_folder_of_16bit_tiffs_without_masks_then_predict(tiffs, tmp_path):
     assert m['n_frames'] == 5 and m['crop'] == 128 and 'test_iou' not in m and 'train_iou' not in m
     assert m['holdout_risk'] is not None and m['energy'] > 0 and 0 < m['foreground_fraction'] < 1
     assert m['refine'] is None, 'frames are predicted by the network alone (no per-image refinement)'
+    assert m['local_scale'] == 128 / 8, 'frames: local region means over a window of 1/8 of the crop'
     assert (out / 'model.pt').exists() and (out / 'results_train.png').exists()
     r = capseg_main('segment', 'predict', '--model', out, tiffs / 'imgs', '--out', tmp_path / 'pred')
     assert r.returncode == 0, r.stderr
@@ -78,6 +79,7 @@ def test_npz_with_only_image_train(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert m['n_train'] == 96 and 'test_iou' not in m and m['energy'] > 0
+    assert m['local_scale'] is None, 'images held whole keep the per-image means'
     r = capseg_main('segment', 'eval', '--model', tmp_path / 'run', '--data', tmp_path / 'only.npz')
     assert r.returncode == 2 and 'image_test' in r.stderr, 'eval needs what it scores'
 
@@ -87,5 +89,5 @@ def test_train_on_arrays(tmp_path):
     m = segment.train(images=d.image_train, masks=d.mask_train * 3, out=tmp_path / 'a', epochs=1, quiet=True)
     assert m['data'] == 'arrays' and 0 <= m['train_iou'] <= 100, 'label-image masks score'
     m = segment.train(images=[mosaic(0)[0], d.image_train[0]], out=tmp_path / 'b', epochs=1, quiet=True)
-    assert m['n_frames'] == 2 and m['crop'] == 32
+    assert m['n_frames'] == 2 and m['crop'] == 32 and m['local_scale'] == 4
     with pytest.raises(Exception, match='images= takes'): segment.train(images=42, out=tmp_path / 'c')
