@@ -163,8 +163,9 @@ def _holdout(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 def _frame_split(f: FrameSet, share: float, seed: int, learn: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Indices `(fit, held)` of frames: a seeded hold-out for the risk (every frame in both under 5 frames). With `learn`
-    (masks train) the hold-out is drawn from the frames without a mask where at least 5 have none: every mask trains."""
+    """Indices `(fit, held)` of frames: a seeded hold-out for the risk (every frame in both under 5 frames). With
+    `learn` (masks train) the hold-out is drawn from the frames without a mask where at least 5 have none: every mask
+    trains."""
     n = len(f)
     if n < 5: return np.arange(n), np.arange(n)
     free = np.flatnonzero([m is None for m in f.masks or [None] * n]) if learn else np.arange(n)
@@ -273,15 +274,16 @@ def _labels(d: SegData | FrameSet, setup: _Setup, recipe: Recipe, seed: int) -> 
     if len(idx) == len(fit): return _Labels(idx, pixels)
     k = max(1, round(LABEL_SHARE * setup.loader.batch_size))
     side = setup.crop
-    return _Labels(idx, pixels, _LabelledCrops(d, idx, side, k, setup.norm, seg_transforms(recipe.augment, (side, side)),
-                                               seed + 4))
+    crops = _LabelledCrops(d, idx, side, k, setup.norm, seg_transforms(recipe.augment, (side, side)), seed + 4)
+    return _Labels(idx, pixels, crops)
 
 def check_labels(d: SegData | FrameSet):
     """A one-line `CapsegError` unless `d` has masks to learn from: `mask_train` in an npz, or masks for some frames,
     each of its frame's size."""
     if isinstance(d, SegData):
         if d.mask_train is None:
-            raise CapsegError(f'--learn-from-masks: {d.source} has no masks (mask_train); give them, or train without it')
+            raise CapsegError(f'--learn-from-masks: {d.source} has no masks (mask_train); '
+                              'give them, or train without it')
         return
     if not d.n_masks:
         raise CapsegError('--learn-from-masks needs --masks for some of the training frames (matched by relative path '

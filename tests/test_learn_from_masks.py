@@ -100,7 +100,8 @@ def _unseen_iou(out, frames) -> float:
 
 def test_two_labelled_frames_beat_the_unsupervised_run(tmp_path):
     """Ellipses of very different brightness (0.1-1): two region means put the dim ones in the background; two labelled
-    frames of 8 teach the network they are objects. The same epochs and network; a margin well under the one measured (76.6 -> 86.0)."""
+    frames of 8 teach the network they are objects. The same epochs and network; a margin well under the one
+    measured (76.6 -> 86.0)."""
     draw = lambda s: touching_objects(64, seed=s, brightness=(0.1, 1.0), noise=0.08)
     train_frames, unseen = [draw(s) for s in range(8)], [draw(100 + s) for s in range(4)]
     masks = [train_frames[0][1], train_frames[1][1]] + [None] * 6
