@@ -56,8 +56,10 @@ def _segment_parser(sub: argparse._SubParsersAction):
     src.add_argument('--images', nargs='+', metavar='PATH', help='image files, folders (searched recursively), quoted '
                      'globs, or an npz: PNG, JPEG, TIFF (8/16-bit, float, stacks); no masks needed')
     src.add_argument('--shapes', action='store_true', help='generate the noisy-shapes data set (the embedded default)')
-    _mask_args(p, 'optional: they only score the run '
+    _mask_args(p, 'optional: they only score the run, unless --learn-from-masks '
                   '(matched to --images by relative path or file stem; label images are fine)')
+    p.add_argument('--learn-from-masks', action='store_true', help='train on the masks too (those of some frames are '
+                   'enough): a supervised term on the labelled frames beside the Chan-Vese loss on every frame')
     p.add_argument('--noise', type=float, default=0.5, help='noise std of --shapes (default 0.5)')
     p.add_argument('--out', type=Path, required=True, help='output folder')
     p.add_argument('--epochs', type=int, help="epochs (default: the architecture's own; for the default, the most it "
@@ -316,10 +318,11 @@ CAPTION_SCORES = {'bleu4': 'BLEU-4', 'cider': 'CIDEr', 'meteor': 'METEOR', 'roug
 
 def headline(m: dict) -> tuple[str, str]:
     "(the result a person looks for, the baseline beside it) in a run's metrics; '' for what the run did not write."
-    key = next((k for k in ('test_iou', 'train_iou') if k in m), None)
+    key = next((k for k in ('test_iou', 'heldout_iou', 'train_iou') if k in m), None)
     if key:
         iou, base = _num(m[key], '.1f', ' %'), _num(m.get(f'baseline_{key}'), '.1f', ' %')
-        label = 'test IoU' if key == 'test_iou' else 'IoU on the training images (masks only score)'
+        label = {'test_iou': 'test IoU', 'heldout_iou': 'IoU on the held-out frames (their masks did not train it)',
+                 'train_iou': 'IoU on the training images (masks only score)'}[key]
         return (f'{label} {iou}' if iou else ''), (f'blur + Otsu {base}' if base else '')
     if 'energy' in m:                                         # segmentation without masks: what it can measure
         return ' · '.join(s for s in (_num(m.get('holdout_risk'), '.4g') and f"held-out risk {m['holdout_risk']:.4g}",

@@ -15,14 +15,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .core import MAX_NPZ_BYTES, CapsegError, check_number
-from .images import frame_count, to_grey
+from .images import frame_count, frame_shape, to_grey
 from .predict import Item, expand_inputs
 from .seg_data import (FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, make_shapes,
                              validate_seg_arrays)
 from .seg_model import Recipe, noise_sigma, normalize, seg_transforms, SegDataset
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'WHOLE_PIXELS', 'MAX_UNITS', 'FRAME_BYTES', 'EPOCH_BATCHES', 'LOCAL_WINDOWS', 'load_frames']
+__all__ = ['MASK_SUFFIXES', 'WHOLE_PIXELS', 'MAX_UNITS', 'FRAME_BYTES', 'EPOCH_BATCHES', 'LOCAL_WINDOWS', 'LABEL_SHARE',
+           'load_frames', 'check_labels']
 
 # %% ../nbs/06_seg_inputs.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -73,16 +74,25 @@ def _arrays(images) -> list[np.ndarray] | None:
         return [np.asarray(a) for a in images]
     return None
 
+def _mask_arrays(masks, n: int) -> list | None:
+    "`masks=` beside `n` arrays, as `_arrays` takes them; in a list, None marks an image without a mask."
+    if masks is None: return None
+    if not (isinstance(masks, (list, tuple)) and any(m is None for m in masks)): return _arrays(masks)
+    if len(masks) != n:
+        raise CapsegError(f'masks= holds {len(masks)} entries for {n} images: one per image (None: no mask)')
+    return [None if m is None else np.asarray(m) for m in masks]
+
 def _array_data(arrays: list, masks=None, channel=None, levels=None, split: str = 'train') -> SegData | FrameSet:
     """In-memory images and their masks (arrays or PIL images, label images allowed; or None) as data: in their own
     units and of one size, split `split` of a `SegData`, as an npz would hold them; else a `FrameSet` (normalised by
-    `levels` where given, as image files are)."""
-    mask_arrays = None if masks is None else _arrays(masks)
+    `levels` where given, as image files are). In a list of masks, None marks an image without one (a `FrameSet`)."""
+    mask_arrays = _mask_arrays(masks, len(arrays))
     if masks is not None and (mask_arrays is None or len(mask_arrays) != len(arrays)):
         got = f'{len(mask_arrays)} masks' if mask_arrays is not None else type(masks).__name__
         raise CapsegError(f'masks= takes an array or PIL image per image: {len(arrays)} images, not {got}')
     grey = [to_grey(a, channel) if a.ndim == 3 else a for a in arrays]
-    if levels is None and len({a.shape for a in grey}) == 1:       # one size: in memory, as an npz would be
+    partial = mask_arrays is not None and any(m is None for m in mask_arrays)    # some images without a mask
+    if levels is None and len({a.shape for a in grey}) == 1 and not partial:    # one size: in memory, as an npz
         d = {f'image_{split}': np.stack(grey), **({} if masks is None else {f'mask_{split}': np.stack(mask_arrays)})}
         return validate_seg_arrays(d, 'arrays', need=(f'image_{split}',), labels=True)
     return FrameSet(arrays, mask_arrays, channel, levels, source=f'{len(arrays)} arrays')
@@ -147,6 +157,7 @@ class _Setup:
     test: tuple | None = None           # (x_test, mask_test), scored after each epoch
     masks: bool = True                  # the training batches carry masks (their IoU is logged)
     crop: int | None = None             # FrameSet: the side of the training crops
+    labels: _Labels | None = None       # --learn-from-masks: what trains the supervised term
     ramp_steps: float = 0.0             # optimiser steps over which alpha rises from 0
     scale: float | None = None          # the loss's local means: Gaussian std in px (None: per-image means)
 
@@ -179,6 +190,17 @@ def _holdout(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(256, max(1, round(share * n))) if share > 0 and n >= 2 else 0
     perm = np.random.default_rng([seed, 7]).permutation(n)
     return np.sort(perm[k:]), np.sort(perm[:k])
+
+def _frame_split(f: FrameSet, share: float, seed: int, learn: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Indices `(fit, held)` of frames: a seeded hold-out for the risk (every frame in both under 5 frames). With
+    `learn` (masks train) the hold-out is drawn from the frames without a mask where at least 5 have none: every mask
+    trains."""
+    n = len(f)
+    if n < 5: return np.arange(n), np.arange(n)
+    free = np.flatnonzero([m is None for m in f.masks or [None] * n]) if learn else np.arange(n)
+    if len(free) < 5: free = np.arange(n)
+    held = free[_holdout(len(free), share, seed)[1]]
+    return np.setdiff1d(np.arange(n), held), held
 
 # %% ../nbs/06_seg_inputs.ipynb #b6f00bc4
 def _setup_arrays(d: SegData, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
@@ -250,12 +272,12 @@ EPOCH_BATCHES = 8     # batches an epoch of crops has at least (the patience and
 
 LOCAL_WINDOWS = 8     # frames: the loss's local means average over a Gaussian of std = the crop side / this
 
-def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) -> _Setup:
+def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator, learn: bool = False) -> _Setup:
     "The loader and settings for frames of any size: random crops, frame by frame; frames held out for the risk."
     shapes = [f.shape(i) for i in range(len(f))]
     _check_memory(f, shapes)
     side = crop_side(shapes, max(2 ** (len(w) - 1) for w in recipe.candidates or [recipe.widths]))
-    fit, held = _holdout(len(f), recipe.holdout, seed) if len(f) >= 5 else (np.arange(len(f)), np.arange(len(f)))
+    fit, held = _frame_split(f, recipe.holdout, seed, learn)
     batch = max(4, min(recipe.batch_size, round(recipe.batch_size * (64 / side) ** 2)))
     least = math.ceil(EPOCH_BATCHES * batch / len(fit))       # crops a frame gives an epoch at least: few frames, still
     per_frame = [min(64, max(least, math.ceil(h * w / side ** 2))) for h, w in shapes]   # several steps an epoch
@@ -271,14 +293,79 @@ def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator) 
     return _Setup(loader, x_held, norm, sigma, _alpha(recipe, sigma), _epochs(recipe, len(loader)), (side, side),
                   None, f.n_masks == len(f), side, scale=side / LOCAL_WINDOWS)
 
+# %% ../nbs/06_seg_inputs.ipynb #b7c3d9e2
+LABEL_SHARE = 0.5     # frames with and without masks: labelled crops added to each batch, as a share of its crops
+
+class _LabelledCrops:
+    "Random (image, mask) crops of frames `idx` of `frames`, `k` a step, in the network's units, transformed."
+    def __init__(self, frames: FrameSet, idx, side: int, k: int, norm: dict, transform, seed: int):
+        self.frames = FrameSet(frames.frames, frames.masks, frames.channel, frames.levels, frames.source)  # own cache
+        self.idx, self.side, self.k, self.seed = np.asarray(idx), side, k, seed
+        self.pairs, self._mask = _CropPairs([], norm, transform), (None, None)
+
+    def _mask_of(self, i: int) -> np.ndarray:
+        if self._mask[0] != i: self._mask = (i, self.frames.mask(i))
+        return self._mask[1]
+
+    def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        "The labelled crops (k×1×side×side images, masks) of step `step` of `epoch`: seeded, the same on a resume."
+        rng, s = np.random.default_rng([self.seed, epoch, step, 5]), self.side
+        self.pairs.crops = []
+        for i in np.sort(rng.choice(self.idx, self.k)):          # sorted: a frame is read once a step
+            h, w = self.frames.shape(i)
+            r, c = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            self.pairs.crops.append((self.frames.image(i)[r:r + s, c:c + s], self._mask_of(i)[r:r + s, c:c + s]))
+        return _collate([self.pairs[j] for j in range(self.k)])
+
+@dataclass
+class _Labels:
+    "What trains the supervised term: the labelled training frames (or images), their pixels, and their crops."
+    frames: list[int]
+    pixels: int
+    crops: _LabelledCrops | None = None   # None: every crop of a batch carries its mask
+
+def _labels(d: SegData | FrameSet, setup: _Setup, recipe: Recipe, seed: int) -> _Labels:
+    "The labels of a `--learn-from-masks` run (`check_labels` passed): the training images or frames with masks."
+    if isinstance(d, SegData):
+        fit = _holdout(len(d.image_train), recipe.holdout, seed)[0]
+        return _Labels(fit.tolist(), len(fit) * int(np.prod(d.image_train.shape[1:])))
+    fit = _frame_split(d, recipe.holdout, seed, learn=True)[0]
+    idx = [int(i) for i in fit if d.masks[i] is not None]
+    pixels = sum(int(np.prod(d.shape(i))) for i in idx)
+    if len(idx) == len(fit): return _Labels(idx, pixels)
+    k = max(1, round(LABEL_SHARE * setup.loader.batch_size))
+    side = setup.crop
+    crops = _LabelledCrops(d, idx, side, k, setup.norm, seg_transforms(recipe.augment, (side, side)), seed + 4)
+    return _Labels(idx, pixels, crops)
+
+def check_labels(d: SegData | FrameSet):
+    """A one-line `CapsegError` unless `d` has masks to learn from: `mask_train` in an npz, or masks for some frames,
+    each of its frame's size."""
+    if isinstance(d, SegData):
+        if d.mask_train is None:
+            raise CapsegError(f'--learn-from-masks: {d.source} has no masks (mask_train); '
+                              'give them, or train without it')
+        return
+    if not d.n_masks:
+        raise CapsegError('--learn-from-masks needs --masks for some of the training frames (matched by relative path '
+                          'or file stem); without masks, train without --learn-from-masks')
+    for i, m in enumerate(d.masks):
+        if m is None: continue
+        shape = frame_shape(*m) if isinstance(m, tuple) else np.shape(m)[:2]
+        if tuple(shape) != tuple(d.shape(i)):
+            name = m[0] if isinstance(m, tuple) else f'mask {i}'
+            raise CapsegError(f'{name}: {shape[0]}×{shape[1]} px, but its frame {d.name(i)} is '
+                              f'{d.shape(i)[0]}×{d.shape(i)[1]}; a mask must have its frame\'s size')
+
 # %% ../nbs/06_seg_inputs.ipynb #4f768005
-def _fingerprint(d) -> str:
-    "A hash of the training data: the arrays' bytes, or the frames' names, sizes and modification times."
+def _fingerprint(d, masks: bool = False) -> str:
+    """A hash of the training data: the arrays' bytes, or the frames' names, sizes and modification times; `masks`:
+    the frames' masks too (they train)."""
     h = hashlib.sha1()
     if isinstance(d, SegData):
         for k, a in d.arrays().items(): h.update(k.encode()); h.update(np.ascontiguousarray(a).tobytes())
     else:
-        for f in d.frames:
+        for f in d.frames + ([m for m in d.masks or [] if m is not None] if masks else []):
             if isinstance(f, tuple):
                 h.update(f'{f[0]}:{f[1]}:{os.stat(f[0]).st_size}:{os.stat(f[0]).st_mtime_ns}'.encode())
             else: h.update(np.ascontiguousarray(f).tobytes())

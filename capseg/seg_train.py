@@ -25,11 +25,11 @@ from .plot import image_grid, plot_curves
 from .seg_model import *
 from .seg_model import _nchw
 from .seg_inputs import *
-from .seg_inputs import _Setup, _crops_if_large, _fingerprint, _resolve_data, _setup_arrays, _setup_frames
+from .seg_inputs import _Setup, _crops_if_large, _fingerprint, _labels, _resolve_data, _setup_arrays, _setup_frames
 
 # %% auto #0
-__all__ = ['ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record', 'frame_probability', 'score_frames',
-           'train']
+__all__ = ['ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record', 'label_loss', 'frame_probability',
+           'score_frames', 'train']
 
 # %% ../nbs/07_seg_train.ipynb #430e23a6
 def _rng_state(loader_gen: torch.Generator) -> dict:
@@ -122,6 +122,7 @@ class _Settings:
     fingerprint: str
     data_source: str
     t_start: float
+    learn: bool = False                 # --learn-from-masks: the masks train beside the Chan–Vese loss
 
 @dataclass
 class _State:
@@ -133,6 +134,20 @@ class _State:
     selection: dict | None = None
     stopped: bool = False
 
+# %% ../nbs/07_seg_train.ipynb #c4e8a1b0
+def label_loss(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The supervised term of `--learn-from-masks`: the mean per-pixel binary cross-entropy plus the soft Dice loss of
+    `p` (N×1×H×W, in [0, 1]) against `mask` (the same shape, {0, 1}), over the whole batch; a scalar."""
+    m = mask.float()
+    return F.binary_cross_entropy(p, m) + 1 - (2 * (p * m).sum() + 1) / (p.sum() + m.sum() + 1)
+
+def _with_labels(setup: _Setup, xb: torch.Tensor, mb: torch.Tensor, epoch: int, step: int):
+    "Batch `(xb, mb)` with step `step`'s labelled crops appended, and the rows the supervised term takes (None: none)."
+    if setup.labels is None: return xb, mb, None
+    if setup.labels.crops is None: return xb, mb, slice(None)          # every crop carries its mask
+    xl, ml = setup.labels.crops.batch(epoch, step)
+    return torch.cat([xb, xl.to(xb.device)]), torch.cat([mb, ml.to(mb.device)]), slice(len(xb), None)
+
 # %% ../nbs/07_seg_train.ipynb #1ae03aed
 def _train_epoch(nets: list[_Candidate], setup: _Setup, epoch: int, supervised: bool) -> list[dict]:
     "One pass over the training batches for every candidate; the per-batch losses (and IoUs, where masks came)."
@@ -142,11 +157,13 @@ def _train_epoch(nets: list[_Candidate], setup: _Setup, epoch: int, supervised: 
     ramp, device = setup.ramp_steps, next(nets[0].model.parameters()).device
     for i, (xb, mb) in enumerate(setup.loader):
         xb, mb = xb.to(device, non_blocking=True), mb.to(device, non_blocking=True)
+        xb, mb, lab = _with_labels(setup, xb, mb, epoch, i)
         a = setup.alpha * min(1.0, (epoch * len(setup.loader) + i + 1) / ramp) if ramp else setup.alpha
         for net, log in zip(nets, logs):
             p = net.model(xb)
             total, fid, reg = chan_vese_loss(xb, p, a, scale=setup.scale)
             loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
+            if lab is not None: loss = loss + label_loss(p[lab], mb[lab])
             if not torch.isfinite(loss): raise _Diverged(epoch, loss.item())
             net.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -171,7 +188,8 @@ def _log_epoch(nets: list[_Candidate], logs: list[dict], setup: _Setup):
 
 # %% ../nbs/07_seg_train.ipynb #21cc35db
 def _checkpoint(state: _State, recipe: Recipe, setup: _Setup, info: _Settings, gen: torch.Generator) -> dict:
-    return dict(arch=info.arch, supervised=info.supervised, recipe=asdict(recipe), epoch=state.epoch,
+    return dict(arch=info.arch, supervised=info.supervised, learn_from_masks=info.learn, recipe=asdict(recipe),
+                epoch=state.epoch,
                 nets=[n.state() for n in state.nets], selection=state.selection, stopped=state.stopped,
                 train_seconds=state.train_seconds, cpu_seconds=state.cpu_seconds, rng=_rng_state(gen),
                 fingerprint=info.fingerprint, data_source=info.data_source, norm=setup.norm, seed=info.seed)
@@ -180,8 +198,9 @@ def _resume(state: _State, path: Path, recipe: Recipe, setup: _Setup, info: _Set
     "Continue from checkpoint `path` if there is one (the same data and settings, else one line naming what differs)."
     if not path.exists(): return warn(f'no checkpoint in {path.parent}: starting from scratch')
     ck = load_weights(path, 'checkpoint')
+    ck.setdefault('learn_from_masks', False)            # checkpoints from before the flag
     _check_resume(ck, path, recipe, arch=info.arch, supervised=info.supervised, seed=info.seed,
-                  fingerprint=info.fingerprint)
+                  fingerprint=info.fingerprint, learn_from_masks=info.learn)
     device = next(state.nets[0].model.parameters()).device
     state.nets = [_Candidate(recipe, s['widths'], setup.steps, device) for s in ck['nets']]
     for net, s in zip(state.nets, ck['nets']): net.load(s)
@@ -193,7 +212,9 @@ def _resume(state: _State, path: Path, recipe: Recipe, setup: _Setup, info: _Set
 def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = True, callback=None) -> dict:
     "Train on `data` as `recipe` says, checkpointing each epoch into `out`; the metrics of `_finish`."
     gen = seed_everything(info.seed)
-    setup = (_setup_arrays if isinstance(data, SegData) else _setup_frames)(data, recipe, info.seed, gen)
+    setup = (_setup_arrays(data, recipe, info.seed, gen) if isinstance(data, SegData)
+             else _setup_frames(data, recipe, info.seed, gen, info.learn))
+    if info.learn: setup.labels = _labels(data, setup, recipe, info.seed)
     setup.ramp_steps = recipe.alpha_ramp * setup.steps
     state, ckpt = _State(_candidates(recipe, setup, info.device)), out / 'checkpoint.pt'
     if info.resume: _resume(state, ckpt, recipe, setup, info, gen)
@@ -260,9 +281,10 @@ def _split_results(model, x: torch.Tensor, masks, setup: _Setup, flip: bool | No
 # %% ../nbs/07_seg_train.ipynb #6b70736c
 def _results_arrays(model, d: SegData, setup: _Setup, out: Path, figures: bool) -> dict:
     "The metrics of a run on images held in memory (train split, and the test split where there is one)."
-    tr, rows_tr = _split_results(model, normalize(d.image_train, setup.norm), d.mask_train, setup)
+    tr, rows_tr = _split_results(model, normalize(d.image_train, setup.norm), d.mask_train, setup,
+                                 flip=False if setup.labels else None)        # labels: p is the foreground
     m = dict(flip=tr['flip'], energy=tr['energy'], foreground_fraction=tr['foreground_fraction'])
-    if 'iou' in tr: m.update(train_iou=tr['iou'], train_iou_per_image=tr['iou_per_image'])
+    if 'iou' in tr and setup.labels is None: m.update(train_iou=tr['iou'], train_iou_per_image=tr['iou_per_image'])
     x_speed = normalize(d.image_train[:1000], setup.norm)
     if d.image_test is not None:
         x_speed = normalize(d.image_test, setup.norm)
@@ -272,9 +294,26 @@ def _results_arrays(model, d: SegData, setup: _Setup, out: Path, figures: bool) 
             m.update(test_iou=te['iou'], test_iou_per_image=te['iou_per_image'], test_loss=te['loss'],
                      test_flipped_batches=te['flipped_batches'], baseline_test_iou=base['test_iou'],
                      baseline_test_iou_per_image=base['test_iou_per_image'])
+            if setup.labels is not None: m.update(_fixed_iou(model, x_speed, d.mask_test))
         if figures: _grid(rows_te, te.get('flip_shown', te['flip']), out / 'results_test.png', 'test')
     if figures: _grid(rows_tr, tr.get('flip_shown', tr['flip']), out / 'results_train.png', 'train')
     m['inference_images_per_s'] = images_per_second(model, x_speed)
+    return m
+
+# %% ../nbs/07_seg_train.ipynb #d2f6b3a9
+def _fixed_iou(model, x: torch.Tensor, masks) -> dict:
+    "IoU in % of `p > 0.5` against `masks` (label images allowed), mean over images: a model that knows its polarity."
+    ious = iou_per_image(infer(model, x)[:, 0] > 0.5, torch.as_tensor(np.asarray(masks)) != 0)
+    return dict(test_iou=100 * ious.mean().item(), test_iou_per_image=100 * ious.mean().item(), test_flipped_batches=0)
+
+def _heldout_scores(m: dict, per: list[dict], labels: _Labels) -> dict:
+    """Metrics `m` of a `--learn-from-masks` run on frames without the IoUs of the frames whose masks trained it; the
+    IoU of `p > 0.5` on the frames with masks that did not (`heldout_*`: held out for the risk), where there are."""
+    m = {k: v for k, v in m.items() if not ('train_iou' in k or k == 'n_masks')}
+    scored = [r for i, r in enumerate(per) if 'iou' in r and i not in set(labels.frames)]
+    if scored:
+        m.update(heldout_iou=float(np.mean([r['iou'][0] for r in scored])), heldout_masks=len(scored),
+                 baseline_heldout_iou=max(float(np.mean([r['otsu'][k] for r in scored])) for k in (0, 1)))
     return m
 
 # %% ../nbs/07_seg_train.ipynb #21b5c429
@@ -343,8 +382,10 @@ def _results_frames(model, f: FrameSet, setup: _Setup, out: Path, figures: bool)
     "The metrics of a run on frames of any size: every frame, and every test frame, predicted (over tiles) and scored."
     per, rows, speed = score_frames(model, f, setup.norm, setup.alpha, scale=setup.scale)
     flip = sum(r['border_high'] for r in per) > len(per) / 2          # the border rule, over frames
+    if setup.labels is not None: flip = False                          # labels: p is the foreground
     m = dict(flip=flip, **_frame_metrics(per, flip, 'train'), crop=setup.crop, n_frames=len(f),
              inference_megapixels_per_s=speed)
+    if setup.labels is not None: m = _heldout_scores(m, per, setup.labels)
     if figures: _grid(rows, flip, out / 'results_train.png', 'training frames (first 4)')
     if f.test is not None:
         per, rows, _ = score_frames(model, f.test, setup.norm, setup.alpha)
@@ -366,13 +407,16 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
     net = state.nets[0]
     if net.best is not None: net.model.load_state_dict(net.best['state'])
     # refinement for images held whole (npz, arrays), not for frames: see "The gap to a real supervised ceiling"
-    refined = recipe.refine_steps and not info.supervised and isinstance(data, SegData)
+    refined = recipe.refine_steps and not (info.supervised or info.learn) and isinstance(data, SegData)
     refine = dict(steps=recipe.refine_steps, lr=REFINE_LR, alpha=REFINE_KAPPA * setup.sigma ** 2) if refined else None
     test = data.test if isinstance(data, FrameSet) else data.image_test
     with staged(out, replaces=RESULT_FILES) as stage:
         results = (_results_arrays if isinstance(data, SegData)
                    else _results_frames)(with_refinement(net.model, refine), data, setup, stage, figures)
         flip = results.pop('flip')
+        if setup.labels is not None:
+            results.update(learn_from_masks=True, labelled_frames=len(setup.labels.frames),
+                           labelled_pixels=setup.labels.pixels)
         atomic_torch_save(model_record(net.model, recipe, setup.norm, net.widths, setup.alpha, arch=info.arch,
                                        flip=flip, epochs=net.history.epochs, data_source=data.source,
                                        supervised=info.supervised, inputs=_inputs(data), refine=refine,
@@ -414,7 +458,8 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
           seed: int = 0, resume: bool = False, device: str | torch.device | None = None,
           alpha: float | str | None = None, lr: float | None = None, batch_size: int | None = None,
           augment: str | None = None, widths: Sequence[int] | None = None, channel: int | None = None,
-          supervised: bool = False, figures: bool = True, callback: Callable[[int, History], None] | None = None,
+          supervised: bool = False, learn_from_masks: bool = False, figures: bool = True,
+          callback: Callable[[int, History], None] | None = None,
           quiet: bool = False, max_npz_bytes: int = MAX_NPZ_BYTES, overwrite: bool = False) -> dict:
     """Train a segmentation network without masks (Chan–Vese loss); write model.pt, metrics.json and the figures
     into `out`; return the metrics (as metrics.json holds them). The global random generators are seeded for the run
@@ -428,7 +473,12 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     - `shapes`: True for the generated noisy shapes, with Gaussian noise of std `noise` (default 0.5)
 
     The rest:
-    - `masks`: mask files matched to `images` by relative path or stem (or arrays); they only score the run
+    - `masks`: mask files matched to `images` by relative path or stem (or arrays; in a list, None for an image
+      without a mask); they only score the run, unless `learn_from_masks`
+    - `learn_from_masks`: the masks that match training frames (or an npz's `mask_train`) train too: a supervised
+      term on them beside the Chan–Vese loss on every frame (see `capseg.seg_inputs`, Learning from the masks);
+      metrics.json then records `labelled_frames`, `labelled_pixels` and, on frames, `heldout_iou` on the frames
+      with masks that did not train it
     - `out`: the output folder (default runs/segment); one that holds a trained model (model.pt) is refused unless
       `resume` or `overwrite`
     - `resume`: continue from the checkpoint in `out` (same data and settings); `overwrite`: train afresh over the model
@@ -460,7 +510,11 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     _check_recipe(recipe)
     d = _crops_if_large(d, recipe.batch_size)
     out, device = as_path(out, 'out'), get_device(device)
-    info = _Settings(arch, seed, supervised, resume, device, _fingerprint(d), d.source, t_start)
+    if learn_from_masks:
+        if supervised: raise CapsegError('learn_from_masks and supervised: choose one (supervised: the masks alone)')
+        check_labels(d)
+    info = _Settings(arch, seed, supervised, resume, device, _fingerprint(d, learn_from_masks), d.source, t_start,
+                     learn_from_masks)
     finished = () if resume or overwrite else RESULT_FILES[:1]        # a finished run's model.pt: refused at once
     with claim_output(out, finished=finished), cpu_threads(recipe.threads if device.type == 'cpu' else None), \
          quiet_output(quiet), kept_global_rng():
