@@ -165,7 +165,8 @@ def atomic_write(path: str | Path, mode: str = 'wb'):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         os.fchmod(fd, 0o666 & ~_umask())          # mkstemp's 0600 would make results private
-        with os.fdopen(fd, mode) as f: yield f
+        os.close(fd)
+        with open(tmp, mode) as f: yield f      # by its name: writers that want a path-like file (tifffile)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

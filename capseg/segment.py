@@ -340,6 +340,42 @@ def _loaded(model, device) -> tuple[nn.Module, dict, str]:
         raise CapsegError(f'model must be a path (a model folder) or what load_model returns, not {type(model).__name__}')
     return *load_model(model, device), model
 
+def _write_stack(path: Path, files: list[str], read, dtype):
+    "The frames in `files` (each read by `read`) as one Z×H×W TIFF at `path`, written frame by frame (zlib)."
+    import tifffile
+    shape = (len(files), *read(files[0]).shape)
+    with atomic_write(path) as f, tifffile.TiffWriter(f) as tif:
+        tif.write((read(p).astype(dtype, copy=False) for p in files), shape=shape, dtype=dtype,
+                  photometric='minisblack', compression='zlib')
+
+def _tiff_dtype(path) -> np.dtype:
+    import tifffile
+    with tifffile.TiffFile(path) as tif: return tif.pages[0].dtype
+
+def _write_stacks(out: Path, instances: bool):
+    """Each TIFF stack of the inputs whose every frame got a mask, written back as stacks: `out/stacks/masks/NAME.tif`
+    (Z×H×W, 0/255 as the frames' PNGs) and with `instances` `out/stacks/labels/NAME.tif` (each frame's label image:
+    2-D objects numbered per frame, as a 2-D model run slice by slice gives them)."""
+    stacks = {}
+    for r in read_records(out / RESULTS):
+        if r.get('index') is not None and not r['path'].lower().endswith('.npz'):
+            stacks.setdefault(r['path'], []).append(r)
+    for frames in stacks.values():
+        frames.sort(key=lambda r: r['index'])
+        if (len(frames) < 2 or any('mask' not in r for r in frames)        # a frame that failed: no stack
+                or len({(r['height'], r['width']) for r in frames}) > 1): continue
+        name = os.path.relpath(os.path.dirname(frames[0]['mask']), out / 'masks')
+        _write_stack(_path(out, 'stacks/masks', name, ''), [r['mask'] for r in frames], read_frame, np.uint8)
+        if instances and all('labels' in r for r in frames):
+            files = [r['labels'] for r in frames]
+            dtype = np.result_type(*map(_tiff_dtype, files))
+            _write_stack(_path(out, 'stacks/labels', name, ''), files, read_frame, dtype)
+
+def _finish(out: Path, instances: bool):
+    "What `predict` writes once every input has its record: the stacks, and with `instances` `objects.csv`."
+    _write_stacks(out, instances)
+    if instances: _gather_objects(out)
+
 def _gather_objects(out: Path):
     "`out/objects.csv`: the per-image tables of the records in `out/predictions.jsonl`, in their order."
     with atomic_write(out / 'objects.csv', 'w') as f:
@@ -364,7 +400,8 @@ def predict(model, inputs, out=None, device=None, *, batch_size: int = 64, worke
     `instances`: also the objects (see `capseg.objects.label_objects`): `objects` (their count), `labels` (a label
     image, uint16 or uint32; with `out`, the TIFF `out/labels/NAME.tif`) and `table` (one row per object,
     `object_table`; with `out`, `out/objects/NAME.csv`, all of them gathered in `out/objects.csv` at the end, and
-    `out/overlays/NAME.png` for the first `OVERLAYS` inputs).
+    `out/overlays/NAME.png` for the first `OVERLAYS` inputs). With `out`, a TIFF stack's masks (and label images)
+    are also written back as one stack each, `out/stacks/masks/NAME.tif` (`out/stacks/labels/NAME.tif`).
     A NumPy array or PIL image gets its bool mask (its label image with `instances`) back directly; a list of them,
     or an N×H×W array (N frames, as `train` reads it), a list.
 
@@ -394,4 +431,4 @@ def predict(model, inputs, out=None, device=None, *, batch_size: int = 64, worke
                        format=lambda r: json.dumps({k: v for k, v in r.items()
                                                     if k not in ('mask', 'prob', 'labels', 'table')}),
                        desc='segmenting', settings=dict(instances=True) if instances else None,
-                       finish=_gather_objects if instances else None)
+                       finish=partial(_finish, instances=instances))

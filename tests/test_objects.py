@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from conftest import capseg_exe, capseg_main
 from capseg import segment
@@ -140,3 +141,22 @@ def test_torchrun_two_processes_instances(model, frames, tmp_path):
     recs = records(out)
     assert len(recs) == 3 and not list(out.glob('*.part*'))
     assert len(rows(out / 'objects.csv')) == sum(rec['objects'] for rec in recs)
+
+
+def test_stacks_written_back(model, frames, tmp_path):
+    "A TIFF stack's masks and label images come back as one stack each, frame k = the record of frame k."
+    root, _ = frames
+    stack = np.stack([tifffile.imread(root / f'f{k}.tif') for k in range(3)])
+    tifffile.imwrite(tmp_path / 'zstack.tif', stack, photometric='minisblack')
+    out = tmp_path / 'out'
+    r = capseg_main('segment', 'predict', '--model', model, tmp_path / 'zstack.tif', root / 'f0.tif', '--out', out,
+                    '--instances')
+    assert r.returncode == 0, r.stderr
+    recs = [rec for rec in records(out) if 'index' in rec]
+    masks, labels = (tifffile.imread(out / 'stacks' / kind / tmp_path.name / 'zstack.tif')
+                     for kind in ('masks', 'labels'))
+    assert masks.shape == labels.shape == (3, 160, 160) and masks.dtype == np.uint8
+    for rec in recs:
+        assert np.array_equal(masks[rec['index']], np.asarray(Image.open(rec['mask'])))
+        assert np.array_equal(labels[rec['index']], tifffile.imread(rec['labels']))
+    assert len(list((out / 'stacks').rglob('*.tif'))) == 2           # a single frame is no stack
