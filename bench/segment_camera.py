@@ -25,6 +25,9 @@ Methods (each on the held-out half, in its raw counts):
   unet        bench/unet.py trained on the training half's masks (the ceiling; at most UNET_EPOCHS epochs): too costly
               for every point, run only on UNET_POINTS
 IoU: pixel IoU (%) of the foreground against mask > 0 over the whole held-out half.
+Tuning-only variants of capseg (records `capseg_alpha_x2`, `capseg_alpha_x4`: alpha 2× and 4× today's for frames;
+`capseg_window_16px`: img3d's local-means window 16 px instead of crop/8) were run on tuning rows by the same
+`capseg_fg` with the constant patched in; none was kept (see nbs/06_seg_inputs.ipynb, 'Frames as a camera records').
 Every record (frame, photons, falloff, seed, method) is written to bench/results/segment_camera.json when it ends
 (under a lock, so two processes may share the grid with --part); a rerun skips what is there.
 Usage: python bench/segment_camera.py [--quick] [--part K/N] [--role tuning|reported] [--methods ...]
@@ -257,7 +260,7 @@ def main(argv=None):
     ap.add_argument('--methods', nargs='+', default=['capseg', *CLASSICAL, 'unet'])
     ap.add_argument('--part', default='1/1', help='K/N: every N-th grid point from the K-th (N processes share it)')
     ap.add_argument('--redo', action='store_true', help='rerun the chosen records even where they exist')
-    ap.add_argument('--rescore', action='store_true', help="score capseg's saved models again (both phases), no training")
+    ap.add_argument('--rescore', action='store_true', help="score capseg's saved models again (both phases)")
     ap.add_argument('--name', default='capseg', help="capseg's records under this method name (e.g. a variant's)")
     ap.add_argument('--runs', type=Path, default=ROOT / 'runs' / 'bench_camera')
     a = ap.parse_args(argv)
@@ -284,9 +287,16 @@ def write_summary(results: Path):
         fcntl.flock(lock, fcntl.LOCK_EX)
         res = load_json(results)
         res['summary'], md = summary(res)
+        res['description'] = __doc__
+        rep = lambda f: [r for r in res['summary'] if r['role'] == 'reported' and r['frame'] == f]
+        res['checks'] = {f: dict(reported_rows=len(rep(f)),
+                                 at_least_3_over_best_classical=sum(r['margin_best'] >= 3 for r in rep(f)),
+                                 at_least_5_over_blur_otsu=sum(r['margin_blur_otsu'] >= 5 for r in rep(f)))
+                         for f in FRAMES}
         save_json(res, results)
     results.with_suffix('.md').write_text('# Real frames as a camera records them (bench/segment_camera.py)\n\n'
-                                          'Pixel IoU (%) on the held-out half; see the JSON for the set-up.\n\n' + md + '\n')
+                                          'Pixel IoU (%) on the held-out half; the set-up is in the JSON.\n\n'
+                                          + md + '\n')
 
 
 if __name__ == '__main__':
