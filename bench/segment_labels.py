@@ -3,7 +3,8 @@
 Methods, at labelled fractions 0, 1, 2, 5, 10, 25, 100 % of the training frames (at least one frame when > 0):
   semi         `segment.train(..., learn_from_masks=True)`: the masks of the labelled frames beside the Chan–Vese loss
                on every frame (at 0 %: the unsupervised default, the same frames path)
-  labels_only  the same recipe on the labelled frames alone, with their masks (`train(..., supervised=True)`)
+  labels_only  the same recipe on the labelled frames alone, with their masks (`train(..., supervised=True)`); both
+               train `LABEL_NET` (capseg's SkipNet 16/32/64, a UNet), the network of runs whose loss has masks
   unet         the supervised UNet of bench/unet.py on the labelled frames alone (as 32×32 crops 16 px apart, so that
                one labelled frame still gives it images to fit and one to stop on)
 Data:
@@ -19,7 +20,7 @@ measured. References: the UNet on all masks of the same shapes (data seed 100) f
 Records are of frames trained with local region means (LOCAL_WINDOWS); those from before were deleted.
 
 Resumable: each (dataset, fraction, method, seed) is one record of bench/results/segment_labels.json, written as it
-ends; a rerun skips what is there. Usage:
+ends (merged with the file's, so that runs over other datasets may go on beside); a rerun skips what is there. Usage:
   python bench/segment_labels.py [--quick] [--datasets real shapes_0.75] [--fractions 0 10] [--seeds 0 1 2]
 """
 import os
@@ -161,7 +162,7 @@ def plot(res: dict, path: Path):
         if ds in refs: ax.axhline(refs[ds], ls='--', c='k', lw=0.8, label='UNet, all masks')
         gone = sorted({float(k.split('/')[1]) for k in res['missing']
                        if k.startswith(ds + '/') and int(k.split('/')[3]) in REPORTED})
-        ax.set_xscale('symlog', linthresh=1); ax.set_xlabel('labelled training frames, %')
+        ax.set_xscale('symlog', linthresh=1); ax.set_xlim(-0.2, 130); ax.set_xlabel('labelled training frames, %')
         ax.set_title(f'{ds}\nmissing at %: {", ".join(f"{f:g}" for f in gone) or "none"}', fontsize=8)
         ax.set_ylabel(f'test IoU %, mean of seeds {", ".join(map(str, REPORTED))}'); ax.legend(fontsize=7)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
@@ -188,9 +189,11 @@ def main(argv=None):
                 for method in args.methods if frac else ('semi',):
                     key = f'{ds}/{frac:g}/{method}/{seed}'
                     if key in res['runs']: continue
-                    res['runs'][key] = run(method, d, idx, seed, args.quick)
-                    print(key, f"{res['runs'][key]['test_iou']:.1f}", flush=True)
+                    r = run(method, d, idx, seed, args.quick)
+                    print(key, f"{r['test_iou']:.1f}", flush=True)
+                    res['runs'] = {**(load_json(path)['runs'] if path.exists() else {}), key: r}   # runs beside
                     save_json(res, path)
+    res['runs'] = load_json(path)['runs'] if path.exists() else res['runs']
     res.update(summary=summary(res['runs']), tuning=summary(res['runs'], TUNING), missing=missing(res['runs']),
                references=references())
     res['checks'] = checks(res['summary'], res['references'])
