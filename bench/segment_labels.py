@@ -3,7 +3,8 @@
 Methods, at labelled fractions 0, 1, 2, 5, 10, 25, 100 % of the training frames (at least one frame when > 0):
   semi         `segment.train(..., learn_from_masks=True)`: the masks of the labelled frames beside the Chan–Vese loss
                on every frame (at 0 %: the unsupervised default, the same frames path)
-  labels_only  the same recipe on the labelled frames alone, with their masks (`train(..., supervised=True)`)
+  labels_only  the same recipe on the labelled frames alone, with their masks (`train(..., supervised=True)`); both
+               train `LABEL_NET` (capseg's SkipNet 16/32/64, a UNet), the network of runs whose loss has masks
   unet         the supervised UNet of bench/unet.py on the labelled frames alone (as 32×32 crops 16 px apart, so that
                one labelled frame still gives it images to fit and one to stop on)
 Data:
@@ -13,10 +14,13 @@ Data:
   shapes_S     `make_shapes` at noise σ S (0.5, 0.75, 1.0): 1000 training images, 1000 test images
 Every network is scored the same way: its foreground as it is used (`p > 0.5`, or `p < 0.5` where the unsupervised
 model recorded a flip) against the test masks, IoU % per test image, mean. The labelled frames are drawn by the seed.
-Nothing was tuned on these draws: LABEL_SHARE and the weight of the supervised term were fixed before any run.
+Seeds: TUNING (0) is the draw any setting was chosen on (the supervised weight, LABEL_SHARE, the network, the stop);
+the summary and the plot average the REPORTED seeds (1, 2) only, and `missing` lists the points of the grid not
+measured. References: the UNet on all masks of the same shapes (data seed 100) from bench/results/segment_sweep.json.
+Records are of frames trained with local region means (LOCAL_WINDOWS); those from before were deleted.
 
 Resumable: each (dataset, fraction, method, seed) is one record of bench/results/segment_labels.json, written as it
-ends; a rerun skips what is there. Usage:
+ends (merged with the file's, so that runs over other datasets may go on beside); a rerun skips what is there. Usage:
   python bench/segment_labels.py [--quick] [--datasets real shapes_0.75] [--fractions 0 10] [--seeds 0 1 2]
 """
 import os
@@ -40,8 +44,10 @@ FRACTIONS = (0, 1, 2, 5, 10, 25, 100)
 DATASETS = ('real', 'shapes_0.5', 'shapes_0.75', 'shapes_1.0')
 METHODS = ('semi', 'labels_only', 'unet')
 SEEDS = (0, 1, 2)
+TUNING, REPORTED = (0,), (1, 2)
 REAL_TILE, UNET_EPOCHS, UNET_PATIENCE = 64, 100, 10
 RESULTS = ROOT / 'bench' / 'results' / 'segment_labels.json'
+SWEEP = ROOT / 'bench' / 'results' / 'segment_sweep.json'
 
 
 def dataset(name: str, quick: bool) -> dict:
@@ -105,28 +111,60 @@ def run(method: str, d: dict, idx: np.ndarray, seed: int, quick: bool) -> dict:
                 labelled_share=float(d['m'][idx].size / d['m'].size) if len(idx) else 0.0, **extra)
 
 
-def summary(runs: dict) -> dict:
-    "Mean test IoU over seeds: dataset → fraction → method → {mean, n_seeds}."
+def summary(runs: dict, seeds=REPORTED) -> dict:
+    "Mean test IoU over `seeds`: dataset → fraction → method → {mean, n_seeds}."
     out = {}
     for key, r in runs.items():
-        ds, frac, method, _ = key.split('/')
-        out.setdefault(ds, {}).setdefault(frac, {}).setdefault(method, []).append(r['test_iou'])
+        ds, frac, method, seed = key.split('/')
+        if int(seed) in seeds: out.setdefault(ds, {}).setdefault(frac, {}).setdefault(method, []).append(r['test_iou'])
     return {ds: {f: {m: dict(mean=float(np.mean(v)), n_seeds=len(v)) for m, v in ms.items()} for f, ms in fr.items()}
             for ds, fr in out.items()}
 
 
+def missing(runs: dict) -> list[str]:
+    "The points of the full grid (every dataset, fraction, method, seed) without a record."
+    return [f'{ds}/{f:g}/{m}/{s}' for ds in DATASETS for f in FRACTIONS for m in (METHODS if f else ('semi',))
+            for s in SEEDS if f'{ds}/{f:g}/{m}/{s}' not in runs]
+
+
+def references() -> dict:
+    "The UNet on all masks of the shapes at each σ (data seed 100, as here), cached by bench/segment_sweep.py."
+    runs = load_json(SWEEP)['runs'] if SWEEP.exists() else {}
+    return {f'shapes_{s}': runs[f'shapes|{s}|100|unet']['test_iou'] for s in ('0.5', '0.75', '1.0')
+            if f'shapes|{s}|100|unet' in runs}
+
+
+def checks(summ: dict, refs: dict) -> dict:
+    """The issue's claims on the reported seeds: at each fraction semi ≥ labels_only and ≥ unet; the real frame at
+    ≤ 10 % labelled ≥ 88 %; the shapes at 5 % within 1 point of the UNet on all masks."""
+    out = {}
+    for ds, fr in summ.items():
+        for f, ms in fr.items():
+            if 'semi' not in ms: continue
+            semi = ms['semi']['mean']
+            for other in ('labels_only', 'unet'):
+                if other in ms: out[f'{ds}/{f}: semi >= {other}'] = semi >= ms[other]['mean']
+            if ds == 'real' and 0 < float(f) <= 10: out[f'real/{f}: semi >= 88'] = semi >= 88
+            if ds in refs and float(f) == 5: out[f'{ds}/5: semi >= unet on all masks - 1'] = semi >= refs[ds] - 1
+    return out
+
+
 def plot(res: dict, path: Path):
-    "Test IoU against the labelled fraction, one panel per dataset."
+    "Test IoU against the labelled fraction (reported seeds), one panel per dataset; the missing points named."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    summ = res['summary']
-    fig, axes = plt.subplots(1, len(summ), figsize=(4 * len(summ), 3.2), squeeze=False)
+    summ, refs = res['summary'], res['references']
+    fig, axes = plt.subplots(1, len(summ), figsize=(4 * len(summ), 3.6), squeeze=False)
     for ax, (ds, fr) in zip(axes[0], summ.items()):
         for method in METHODS:
             pts = sorted((float(f), v[method]['mean']) for f, v in fr.items() if method in v)
             if pts: ax.plot(*zip(*pts), 'o-', label=method)
-        ax.set_xscale('symlog', linthresh=1); ax.set_xlabel('labelled training frames, %'); ax.set_title(ds)
-        ax.set_ylabel('test IoU %'); ax.legend(fontsize=7)
+        if ds in refs: ax.axhline(refs[ds], ls='--', c='k', lw=0.8, label='UNet, all masks')
+        gone = sorted({float(k.split('/')[1]) for k in res['missing']
+                       if k.startswith(ds + '/') and int(k.split('/')[3]) in REPORTED})
+        ax.set_xscale('symlog', linthresh=1); ax.set_xlim(-0.2, 130); ax.set_xlabel('labelled training frames, %')
+        ax.set_title(f'{ds}\nmissing at %: {", ".join(f"{f:g}" for f in gone) or "none"}', fontsize=8)
+        ax.set_ylabel(f'test IoU %, mean of seeds {", ".join(map(str, REPORTED))}'); ax.legend(fontsize=7)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
@@ -151,11 +189,16 @@ def main(argv=None):
                 for method in args.methods if frac else ('semi',):
                     key = f'{ds}/{frac:g}/{method}/{seed}'
                     if key in res['runs']: continue
-                    res['runs'][key] = run(method, d, idx, seed, args.quick)
-                    print(key, f"{res['runs'][key]['test_iou']:.1f}", flush=True)
-                    res['summary'] = summary(res['runs'])
+                    r = run(method, d, idx, seed, args.quick)
+                    print(key, f"{r['test_iou']:.1f}", flush=True)
+                    res['runs'] = {**(load_json(path)['runs'] if path.exists() else {}), key: r}   # runs beside
                     save_json(res, path)
-    if res['runs']: plot(res, path.with_suffix('.png'))
+    res['runs'] = load_json(path)['runs'] if path.exists() else res['runs']
+    res.update(summary=summary(res['runs']), tuning=summary(res['runs'], TUNING), missing=missing(res['runs']),
+               references=references())
+    res['checks'] = checks(res['summary'], res['references'])
+    save_json(res, path)
+    if res['summary']: plot(res, path.with_suffix('.png'))
     return res
 
 

@@ -23,7 +23,7 @@ from .core import CapsegError, eval_mode, progress, say
 __all__ = ['LOCAL_SHRINK', 'LOCAL_GRID', 'IOU_BATCH', 'AUGMENTATIONS', 'ARCHS', 'NETS', 'BASELINES', 'REFINE_LR', 'REFINE_KAPPA',
            'PREDICT_PIXELS', 'TILE', 'REPORT_AFTER', 'region_means', 'chan_vese_loss', 'iou_per_image', 'flip_ious',
            'batch_flip', 'flip_invariant_iou', 'seg_transforms', 'SegDataset', 'conv_bn_relu', 'pad_to_multiple',
-           'SeedNet', 'CVNet', 'Recipe', 'build_net', 'make_optimizer', 'normalize', 'infer', 'score',
+           'SeedNet', 'CVNet', 'Recipe', 'build_net', 'SkipNet', 'make_optimizer', 'normalize', 'infer', 'score',
            'fused_for_inference', 'images_per_second', 'blur_otsu', 'chan_vese_classic', 'baseline_scores',
            'energy_gradient', 'refine_probability', 'Refined', 'with_refinement', 'receptive_field', 'tiling',
            'tiled_probability', 'noise_sigma', 'piecewise_constant', 'sure_risk']
@@ -245,6 +245,32 @@ def build_net(net: str, widths) -> nn.Module:
     "A fresh network of class name `net` with `widths`."
     return NETS[net](tuple(widths))
 
+# %% ../nbs/05_seg_model.ipynb #69322af8
+class SkipNet(nn.Module):
+    """A UNet: per entry of `widths` a level of two 3×3 conv + BN + ReLU (a 2×2 max-pool before each but the first),
+    back up by bilinear ×2 + the level's encoder features (skips) + two convs, a 1×1 conv, sigmoid."""
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        c, two = tuple(widths), lambda a, b: [conv_bn_relu(a, b), conv_bn_relu(b, b)]
+        self.multiple = 2 ** (len(c) - 1)
+        self.down = nn.ModuleList([nn.Sequential(*([nn.MaxPool2d(2)] if i else []), *two(a, b))
+                                   for i, (a, b) in enumerate(zip((1,) + c[:-1], c))])
+        self.up = nn.ModuleList([nn.ModuleDict({'up': _up(), 'conv': nn.Sequential(*two(c[i] + c[i + 1], c[i]))})
+                                 for i in range(len(c) - 2, -1, -1)])         # deepest first, as they run
+        self.head = nn.Conv2d(c[0], 1, 1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x, skips = pad_to_multiple(x, self.multiple), []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        for stage, skip in zip(self.up, skips[-2::-1]):
+            x = stage['conv'](torch.cat([skip, stage['up'](x)], 1))
+        return torch.sigmoid(self.head(x))[..., :h, :w]
+
+NETS['SkipNet'] = SkipNet
+
 # %% ../nbs/05_seg_model.ipynb #35757e8b
 def make_optimizer(model: nn.Module, recipe: Recipe, steps: int):
     "The recipe's optimiser and (per-step) scheduler, or None."
@@ -394,6 +420,9 @@ def receptive_field(net: nn.Module) -> int:
         elif isinstance(m, nn.Conv2d):
             size += (m.kernel_size[0] - 1) * m.dilation[0] * step
             step *= m.stride[0]
+        elif isinstance(m, nn.MaxPool2d):           # its window's place depends on the pixel's: all of it
+            size += m.kernel_size * step
+            step *= m.stride
         elif isinstance(m, nn.Upsample):            # bilinear: two neighbours on the coarse grid
             size += step
             step /= m.scale_factor

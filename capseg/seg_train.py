@@ -28,8 +28,8 @@ from .seg_inputs import *
 from .seg_inputs import _Setup, _crops_if_large, _fingerprint, _labels, _resolve_data, _setup_arrays, _setup_frames
 
 # %% auto #0
-__all__ = ['ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record', 'label_loss', 'frame_probability',
-           'score_frames', 'train']
+__all__ = ['LABEL_NET', 'ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record', 'label_loss',
+           'frame_probability', 'score_frames', 'train']
 
 # %% ../nbs/07_seg_train.ipynb #430e23a6
 def _rng_state(loader_gen: torch.Generator) -> dict:
@@ -147,6 +147,13 @@ def _with_labels(setup: _Setup, xb: torch.Tensor, mb: torch.Tensor, epoch: int, 
     if setup.labels.crops is None: return xb, mb, slice(None)          # every crop carries its mask
     xl, ml = setup.labels.crops.batch(epoch, step)
     return torch.cat([xb, xl.to(xb.device)]), torch.cat([mb, ml.to(mb.device)]), slice(len(xb), None)
+
+# %% ../nbs/07_seg_train.ipynb #e7d1e325
+LABEL_NET = ('SkipNet', (16, 32, 64))   # the network of runs whose loss has masks, unless arch or widths are given
+
+def _label_recipe(recipe: Recipe) -> Recipe:
+    "`recipe` with `LABEL_NET` as its one network (no screening of candidates)."
+    return replace(recipe, net=LABEL_NET[0], widths=LABEL_NET[1], candidates=())
 
 # %% ../nbs/07_seg_train.ipynb #1ae03aed
 def _train_epoch(nets: list[_Candidate], setup: _Setup, epoch: int, supervised: bool) -> list[dict]:
@@ -478,7 +485,7 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     - `learn_from_masks`: the masks that match training frames (or an npz's `mask_train`) train too: a supervised
       term on them beside the Chan–Vese loss on every frame (see `capseg.seg_inputs`, Learning from the masks);
       metrics.json then records `labelled_frames`, `labelled_pixels` and, on frames, `heldout_iou` on the frames
-      with masks that did not train it
+      with masks that did not train it; the network is then `LABEL_NET` (unless `arch` or `widths`)
     - `out`: the output folder (default runs/segment); one that holds a trained model (model.pt) is refused unless
       `resume` or `overwrite`
     - `resume`: continue from the checkpoint in `out` (same data and settings); `overwrite`: train afresh over the model
@@ -507,6 +514,7 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     recipe = replace(ARCHS[arch], **{k: v for k, v in given.items() if v is not None})
     if epochs is not None: recipe = replace(recipe, steps=0)          # exactly the epochs asked for
     if widths is not None: recipe = replace(recipe, widths=tuple(widths), candidates=())
+    if (supervised or learn_from_masks) and arch == 'default' and widths is None: recipe = _label_recipe(recipe)
     _check_recipe(recipe)
     d = _crops_if_large(d, recipe.batch_size)
     out, device = as_path(out, 'out'), get_device(device)

@@ -111,3 +111,16 @@ def test_two_labelled_frames_beat_the_unsupervised_run(tmp_path):
               epochs=4, widths=(8, 16, 32), device='cpu', quiet=True, figures=False)
         ious[learn] = _unseen_iou(tmp_path / str(learn), unseen)
     assert ious[True] > ious[False] + 3, ious
+
+
+def test_a_run_that_learns_from_masks_trains_the_label_net(tmp_path):
+    "Without arch or widths the flag trains LABEL_NET (a UNet), which loads and predicts a frame of any size."
+    from capseg.segment import LABEL_NET, predict
+    images, masks = _frames(tmp_path, n=3, size=40)
+    m = train(images=[images], masks=[masks], learn_from_masks=True, out=tmp_path / 'run', epochs=1, device='cpu',
+              quiet=True, figures=False)
+    rec = load_model(tmp_path / 'run', 'cpu')[1]
+    assert (rec['arch_net'], tuple(rec['widths'])) == LABEL_NET and m['widths'] == list(LABEL_NET[1])
+    assert predict(tmp_path / 'run', np.random.rand(50, 70).astype(np.float32)).shape == (50, 70)
+    m = train(images=[images], masks=[masks], out=tmp_path / 'plain', epochs=1, device='cpu', quiet=True, figures=False)
+    assert load_model(tmp_path / 'plain', 'cpu')[1]['arch_net'] == 'CVNet'          # without the flag: as before
