@@ -69,6 +69,7 @@ bench: install
 	$(BIN)/python bench/segment_sweep.py
 	$(BIN)/python bench/segment_real.py
 	$(BIN)/python bench/segment_camera.py
+	$(BIN)/python bench/phase_rule.py
 	$(BIN)/python bench/segment_files.py
 	$(BIN)/python bench/segment_gap.py --tune
 	$(BIN)/python bench/segment_gap.py

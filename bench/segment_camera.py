@@ -19,7 +19,8 @@ looked at while choosing).
 Methods (each on the held-out half, in its raw counts):
   capseg      `segment.train(images=[16-bit TIFF of the training half])` as a user runs it (no masks), then
               `segment.predict(..., foreground='bright')` on the held-out half (`iou`: nuclei are bright, as every
-              classical pipeline assumes); `iou_auto`: the phase `predict` gives by default (training's border rule)
+              classical pipeline assumes); `iou_auto`: the phase `predict` gave by default when these models were
+              trained (the border rule, since replaced: bench/phase_rule.py)
   blur_otsu, tophat_otsu, flatfield_otsu, anscombe_otsu: the four classical pipelines, parameters fixed below
               BEFORE any mask was looked at; each scored with the better of its two phases (generous to them)
   unet        bench/unet.py trained on the training half's masks (the ceiling; at most UNET_EPOCHS epochs): too costly

@@ -163,7 +163,7 @@ def _predict_parser(job_subparsers: argparse._SubParsersAction, job: str):
     p.add_argument('--channel', type=int, metavar='K', help='segment channel K of colour images (default: the grey '
                    'of RGB by BT.601 weights, or the channel the model was trained on)')
     p.add_argument('--foreground', choices=['auto', 'bright', 'dark'], default='auto',
-                   help='which phase is the shape: auto (the border rule of training), or per image the brighter or '
+                   help='which phase is the shape: auto (as training chose: the background is the sea around the objects), or per image the brighter or '
                    'darker one (default auto)')
     p.add_argument('--save-prob', action='store_true', help='also write the foreground probability as a 16-bit PNG '
                    '(0-65535) to probs/NAME.png, with --out')

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import scipy.ndimage as ndi
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,8 +29,8 @@ from .seg_inputs import *
 from .seg_inputs import _Setup, _crops_if_large, _fingerprint, _labels, _resolve_data, _setup_arrays, _setup_frames
 
 # %% auto #0
-__all__ = ['LABEL_NET', 'ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record', 'label_loss',
-           'frame_probability', 'score_frames', 'train']
+__all__ = ['LABEL_NET', 'PHASE_MARGIN', 'ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record',
+           'label_loss', 'frame_probability', 'score_frames', 'train']
 
 # %% ../nbs/07_seg_train.ipynb #430e23a6
 def _rng_state(loader_gen: torch.Generator) -> dict:
@@ -254,14 +255,25 @@ def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = Tr
     return _finish(state, setup, data, recipe, out, info, figures=figures)
 
 # %% ../nbs/07_seg_train.ipynb #309125cc
-def _polarity(p: torch.Tensor) -> bool:
-    "Whether `p > 0.5` (N×1×H×W) marks the background: it covers most of the border in most images (no masks used)."
-    border = torch.cat([p[..., 0, :], p[..., -1, :], p[..., 1:-1, 0], p[..., 1:-1, -1]], -1).flatten(1)
-    return bool(((border > 0.5).float().mean(1) > 0.5).float().mean() > 0.5)
+PHASE_MARGIN = 0.2   # how much more of one phase its largest piece must hold for the sea rule to decide
 
-def _border_high(p: torch.Tensor) -> bool:
-    "Whether `p > 0.5` covers most of the border of one H×W map."
-    return _polarity(p[None, None])
+def _largest_share(region: np.ndarray) -> float:
+    "The share of `region` (H×W bool) that its largest connected piece holds; 0 where it is empty."
+    pieces, n = ndi.label(region)
+    return np.bincount(pieces.ravel())[1:].max() / region.sum() if n else 0.0
+
+def _above_is_background(p: torch.Tensor) -> bool:
+    """Whether `p > 0.5` is the background of one H×W map (no masks used). The background is the sea around the
+    objects: of the two phases, the one whose largest connected piece holds more of it, by at least `PHASE_MARGIN`.
+    Where neither does (one object, or phases that interleave), the phase that covers most of the image border."""
+    above = (p > 0.5).numpy()
+    sea = _largest_share(above) - _largest_share(~above)
+    if abs(sea) >= PHASE_MARGIN: return bool(sea > 0)
+    return bool(np.concatenate([above[0], above[-1], above[1:-1, 0], above[1:-1, -1]]).mean() > 0.5)
+
+def _polarity(p: torch.Tensor) -> bool:
+    "Whether `p > 0.5` (N×1×H×W) is the background: `_above_is_background` in most images."
+    return sum(_above_is_background(q[0]) for q in p) > len(p) / 2
 
 def _grid(rows: dict, flip: bool, path, title: str):
     """The results figure: image, the probability of the region the binary row shows (`1 - p` where `flip`), that
@@ -354,7 +366,7 @@ def score_frames(model, frames: FrameSet, norm: dict, alpha: float, *, figure_fr
         x = frames.image(i)
         p = frame_probability(model, x, norm)
         r = dict(energy=_energy(x, p, norm, alpha, scale), fg=torch.count_nonzero(p > 0.5).item() / p.numel(),
-                 border_high=_border_high(p))
+                 above_is_background=_above_is_background(p))
         stored = frames.mask(i, stored=True)
         m = None if stored is None else (stored != 0).astype(np.uint8)
         if m is not None:
@@ -388,7 +400,7 @@ def _frame_metrics(per: list[dict], flip: bool, split: str) -> dict:
 def _results_frames(model, f: FrameSet, setup: _Setup, out: Path, figures: bool) -> dict:
     "The metrics of a run on frames of any size: every frame, and every test frame, predicted (over tiles) and scored."
     per, rows, speed = score_frames(model, f, setup.norm, setup.alpha, scale=setup.scale)
-    flip = sum(r['border_high'] for r in per) > len(per) / 2          # the border rule, over frames
+    flip = sum(r['above_is_background'] for r in per) > len(per) / 2   # the phase rule, over frames
     if setup.labels is not None: flip = False                          # labels: p is the foreground
     m = dict(flip=flip, **_frame_metrics(per, flip, 'train'), crop=setup.crop, n_frames=len(f),
              inference_megapixels_per_s=speed)
