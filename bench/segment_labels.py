@@ -17,7 +17,8 @@ model recorded a flip) against the test masks, IoU % per test image, mean. The l
 Seeds: TUNING (0) is the draw any setting was chosen on (the supervised weight, LABEL_SHARE, the network, the stop);
 the summary and the plot average the REPORTED seeds (1, 2) only, and `missing` lists the points of the grid not
 measured. References: the UNet on all masks of the same shapes (data seed 100) from bench/results/segment_sweep.json.
-Records are of frames trained with local region means (LOCAL_WINDOWS); those from before were deleted.
+Records are of frames trained with the loss's window from `local_window`: the 64-px tiles and the shapes' crops are
+under 128 px and so have per-image region means; records from before (an 8-px window) were deleted.
 
 Resumable: each (dataset, fraction, method, seed) is one record of bench/results/segment_labels.json, written as it
 ends (merged with the file's, so that runs over other datasets may go on beside); a rerun skips what is there. Usage:

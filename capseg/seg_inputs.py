@@ -22,8 +22,8 @@ from .seg_data import (FrameSet, RandomCrops, SegData, crop_side, load_seg_npz, 
 from .seg_model import Recipe, noise_sigma, normalize, seg_transforms, SegDataset
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'WHOLE_PIXELS', 'MAX_UNITS', 'FRAME_BYTES', 'EPOCH_BATCHES', 'LOCAL_WINDOWS', 'LABEL_SHARE',
-           'load_frames', 'check_labels']
+__all__ = ['MASK_SUFFIXES', 'WHOLE_PIXELS', 'MAX_UNITS', 'FRAME_BYTES', 'EPOCH_BATCHES', 'LOCAL_WINDOWS', 'MIN_WINDOW',
+           'LABEL_SHARE', 'load_frames', 'local_window', 'check_labels']
 
 # %% ../nbs/06_seg_inputs.ipynb #d26c172b
 MASK_SUFFIXES = ('_mask', '_masks', '_label', '_labels', '_seg', '_gt')   # 'a_mask.png' is the mask of 'a.png'
@@ -271,6 +271,12 @@ def _crop_stack(frames: FrameSet, side: int, per_frame, seed: int, n: int) -> np
 EPOCH_BATCHES = 8     # batches an epoch of crops has at least (the patience and the screening count epochs)
 
 LOCAL_WINDOWS = 8     # frames: the loss's local means average over a Gaussian of std = the crop side / this
+MIN_WINDOW = 16.0     # px: a narrower window (crops under 128 px) fits a mean to each nucleus; per-image means there
+
+def local_window(crop: int) -> float | None:
+    """The std (px) of the Gaussian window of the loss's local region means for training crops of side `crop` (px):
+    `crop / LOCAL_WINDOWS`, or None (one mean per region and crop) where that is under `MIN_WINDOW`."""
+    return crop / LOCAL_WINDOWS if crop / LOCAL_WINDOWS >= MIN_WINDOW else None
 
 def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator, learn: bool = False) -> _Setup:
     "The loader and settings for frames of any size: random crops, frame by frame; frames held out for the risk."
@@ -291,7 +297,7 @@ def _setup_frames(f: FrameSet, recipe: Recipe, seed: int, gen: torch.Generator, 
     pairs = _CropPairs(RandomCrops(f, side, only(fit), seed), norm, seg_transforms(recipe.augment, (side, side)))
     loader = DataLoader(pairs, batch_size=batch, shuffle=False, collate_fn=_collate, drop_last=len(pairs) > batch)
     return _Setup(loader, x_held, norm, sigma, _alpha(recipe, sigma), _epochs(recipe, len(loader)), (side, side),
-                  None, f.n_masks == len(f), side, scale=side / LOCAL_WINDOWS)
+                  None, f.n_masks == len(f), side, scale=local_window(side))
 
 # %% ../nbs/06_seg_inputs.ipynb #b7c3d9e2
 LABEL_SHARE = 0.5     # frames with and without masks: labelled crops added to each batch, as a share of its crops
