@@ -14,7 +14,8 @@ Data:
   shapes_S     `make_shapes` at noise σ S (0.5, 0.75, 1.0): 1000 training images, 1000 test images
 Every network is scored the same way: its foreground as it is used (`p > 0.5`, or `p < 0.5` where the unsupervised
 model recorded a flip) against the test masks, IoU % per test image, mean. The labelled frames are drawn by the seed.
-Seeds: TUNING (0) is the draw any setting was chosen on (the supervised weight, LABEL_SHARE, the network, the stop);
+Seeds: TUNING (0) is the draw any setting was chosen on (the supervised weight, LABEL_SHARE, the network, the stop;
+the Chan–Vese weight 1 − share is a rule, checked there);
 the summary and the plot average the REPORTED seeds (1, 2) only, and `missing` lists the points of the grid not
 measured. References: the UNet on all masks of the same shapes (data seed 100) from bench/results/segment_sweep.json.
 Records are of frames trained with the loss's window from `local_window`: the 64-px tiles and the shapes' crops are

@@ -325,24 +325,26 @@ class _LabelledCrops:
 
 @dataclass
 class _Labels:
-    "What trains the supervised term: the labelled training frames (or images), their pixels, and their crops."
+    "What trains the supervised term: the labelled training frames (or images), their pixels and share, their crops."
     frames: list[int]
     pixels: int
+    share: float                          # of the training pixels (the Chan–Vese term weighs 1 - share)
     crops: _LabelledCrops | None = None   # None: every crop of a batch carries its mask
 
 def _labels(d: SegData | FrameSet, setup: _Setup, recipe: Recipe, seed: int) -> _Labels:
     "The labels of a `--learn-from-masks` run (`check_labels` passed): the training images or frames with masks."
     if isinstance(d, SegData):
         fit = _holdout(len(d.image_train), recipe.holdout, seed)[0]
-        return _Labels(fit.tolist(), len(fit) * int(np.prod(d.image_train.shape[1:])))
+        return _Labels(fit.tolist(), len(fit) * int(np.prod(d.image_train.shape[1:])), 1.0)
     fit = _frame_split(d, recipe.holdout, seed, learn=True)[0]
     idx = [int(i) for i in fit if d.masks[i] is not None]
     pixels = sum(int(np.prod(d.shape(i))) for i in idx)
-    if len(idx) == len(fit): return _Labels(idx, pixels)
+    share = pixels / sum(int(np.prod(d.shape(i))) for i in fit)
+    if len(idx) == len(fit): return _Labels(idx, pixels, share)
     k = max(1, round(LABEL_SHARE * setup.loader.batch_size))
     side = setup.crop
     crops = _LabelledCrops(d, idx, side, k, setup.norm, seg_transforms(recipe.augment, (side, side)), seed + 4)
-    return _Labels(idx, pixels, crops)
+    return _Labels(idx, pixels, share, crops)
 
 def check_labels(d: SegData | FrameSet):
     """A one-line `CapsegError` unless `d` has masks to learn from: `mask_train` in an npz, or masks for some frames,

@@ -171,7 +171,7 @@ def _train_epoch(nets: list[_Candidate], setup: _Setup, epoch: int, supervised: 
             p = net.model(xb)
             total, fid, reg = chan_vese_loss(xb, p, a, scale=setup.scale)
             loss = F.binary_cross_entropy(p, mb.float()) if supervised else total
-            if lab is not None: loss = loss + label_loss(p[lab], mb[lab])
+            if lab is not None: loss = (1 - setup.labels.share) * loss + label_loss(p[lab], mb[lab])
             if not torch.isfinite(loss): raise _Diverged(epoch, loss.item())
             net.opt.zero_grad(set_to_none=True)
             loss.backward()
