@@ -40,11 +40,20 @@ def test_flag_trains_on_the_masks_and_records_them(tmp_path):
 
 
 def test_held_out_masks_are_scored_apart(tmp_path):
-    "6 frames all labelled: the hold-out for the risk takes one, whose mask does not train and scores as heldout_iou."
-    images, masks = _frames(tmp_path, n=6, size=40, masks=range(6))
+    """6 frames, 5 labelled: the hold-out for the risk (frame 4 at seed 0) is drawn from all frames; its mask does not
+    train and scores as heldout_iou."""
+    images, masks = _frames(tmp_path, n=6, size=40, masks=range(5))
     m = train(images=[images], masks=[masks], learn_from_masks=True, out=tmp_path / 'run', **FAST)
-    assert m['labelled_frames'] + m['heldout_masks'] == 6 and m['heldout_masks'] >= 1
-    assert m['labelled_pixels'] == m['labelled_frames'] * 40 * 40 and 0 <= m['heldout_iou'] <= 100
+    assert (m['labelled_frames'], m['heldout_masks']) == (4, 1)
+    assert m['labelled_pixels'] == 4 * 40 * 40 and 0 <= m['heldout_iou'] <= 100
+
+
+def test_all_labelled_hold_nothing_out(tmp_path):
+    "Every frame labelled: the loss has no Chan–Vese term, so no frame is held out for its risk; the last epoch is kept."
+    images, masks = _frames(tmp_path, n=6, size=40, masks=range(6))
+    m = train(images=[images], masks=[masks], learn_from_masks=True, out=tmp_path / 'run', **{**FAST, 'epochs': 2})
+    assert (m['labelled_frames'], m['holdout_images'], m['holdout_risk'], m['epochs']) == (6, 0, None, 2)
+    assert 'heldout_iou' not in m
 
 
 def test_npz_with_mask_train(tmp_path):
