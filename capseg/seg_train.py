@@ -533,8 +533,10 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     if learn_from_masks:
         if supervised: raise CapsegError('learn_from_masks and supervised: choose one (supervised: the masks alone)')
         check_labels(d)
-        # every training frame labelled: the loss has no Chan–Vese term, so no held-out risk to keep an epoch by
-        if isinstance(d, SegData) or d.n_masks == len(d): recipe = replace(recipe, holdout=0.0, patience=0)
+    # a loss without the Chan–Vese term (the masks alone, or every training frame labelled) has no held-out risk to
+    # keep an epoch by: the whole schedule, the last epoch
+    if supervised or (learn_from_masks and (isinstance(d, SegData) or d.n_masks == len(d))):
+        recipe = replace(recipe, holdout=0.0, patience=0)
     info = _Settings(arch, seed, supervised, resume, device, _fingerprint(d, learn_from_masks), d.source, t_start,
                      learn_from_masks)
     finished = () if resume or overwrite else RESULT_FILES[:1]        # a finished run's model.pt: refused at once
