@@ -70,6 +70,8 @@ bench: install
 	$(BIN)/python bench/segment_real.py
 	$(BIN)/python bench/segment_camera.py
 	$(BIN)/python bench/phase_rule.py
+	$(BIN)/python bench/segment_objects.py
+	$(BIN)/python bench/segment_labels.py
 	$(BIN)/python bench/segment_files.py
 	$(BIN)/python bench/segment_gap.py --tune
 	$(BIN)/python bench/segment_gap.py
