@@ -338,8 +338,9 @@ def _labels(d: SegData | FrameSet, setup: _Setup, recipe: Recipe, seed: int) -> 
         return _Labels(fit.tolist(), len(fit) * int(np.prod(d.image_train.shape[1:])), 1.0)
     fit = _frame_split(d, recipe.holdout, seed, learn=True)[0]
     idx = [int(i) for i in fit if d.masks[i] is not None]
-    pixels = sum(int(np.prod(d.shape(i))) for i in idx)
-    share = pixels / sum(int(np.prod(d.shape(i))) for i in fit)
+    area = lambda frames: sum(int(np.prod(d.shape(i))) for i in frames)
+    pixels = area(idx)
+    share = pixels / area(fit)
     if len(idx) == len(fit): return _Labels(idx, pixels, share)
     k = max(1, round(LABEL_SHARE * setup.loader.batch_size))
     side = setup.crop
