@@ -2,7 +2,8 @@
 
 Methods, at labelled fractions 0, 1, 2, 5, 10, 25, 100 % of the training frames (at least one frame when > 0):
   semi         `segment.train(..., learn_from_masks=True)`: the masks of the labelled frames beside the Chan–Vese loss
-               on every frame (at 0 %: the unsupervised default, the same frames path)
+               on every frame, then a second pass on every frame with the first pass's foreground where a frame has
+               no mask (`first_pass_test_iou`: the first pass's own score); at 0 %: the unsupervised default
   labels_only  the same recipe on the labelled frames alone, with their masks (`train(..., supervised=True)`: no
                Chan–Vese term, so no hold-out and the last epoch, as semi with every frame labelled); both
                train `LABEL_NET` (capseg's SkipNet 16/32/64, a UNet), the network of runs whose loss has masks
@@ -108,9 +109,11 @@ def run(method: str, d: dict, idx: np.ndarray, seed: int, quick: bool) -> dict:
         else: frames = FrameSet(list(d['x'][idx]), list(d['m'][idx]), levels=None, source=d['source'])
         m = train(frames, out=out, seed=seed, device='cpu', quiet=True, figures=False, overwrite=True,
                   learn_from_masks=method == 'semi' and len(idx) > 0, supervised=method == 'labels_only', **short)
-        extra = {k: m.get(k) for k in ('epochs', 'best_epoch', 'widths', 'labelled_pixels',
-                                       'foreground')}
+        extra = {k: m[k] for k in ('epochs', 'best_epoch', 'widths', 'labelled_pixels', 'foreground', 'first_pass')
+                 if k in m}
         fg = capseg_fg(out)
+        if (out / 'first_pass' / 'model.pt').is_file():
+            extra['first_pass_test_iou'] = test_iou(capseg_fg(out / 'first_pass'), d)
     seconds = time.perf_counter() - t
     return dict(test_iou=test_iou(fg, d), train_seconds=seconds, labelled_frames=len(idx),
                 labelled_share=float(d['m'][idx].size / d['m'].size) if len(idx) else 0.0, **extra)

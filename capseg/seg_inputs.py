@@ -331,13 +331,17 @@ class _Labels:
     share: float                          # of the training pixels (the Chan–Vese term weighs 1 - share)
     crops: _LabelledCrops | None = None   # None: every crop of a batch carries its mask
 
+def _labelled_frames(d: FrameSet, holdout: float, seed: int) -> tuple[np.ndarray, list[int]]:
+    "The training frames of a `--learn-from-masks` run on frames (all but the hold-out), and those of them with a mask."
+    fit = _frame_split(d, holdout, seed, learn=True)[0]
+    return fit, [int(i) for i in fit if d.masks[i] is not None]
+
 def _labels(d: SegData | FrameSet, setup: _Setup, recipe: Recipe, seed: int) -> _Labels:
     "The labels of a `--learn-from-masks` run (`check_labels` passed): the training images or frames with masks."
     if isinstance(d, SegData):
         fit = _holdout(len(d.image_train), recipe.holdout, seed)[0]
         return _Labels(fit.tolist(), len(fit) * int(np.prod(d.image_train.shape[1:])), 1.0)
-    fit = _frame_split(d, recipe.holdout, seed, learn=True)[0]
-    idx = [int(i) for i in fit if d.masks[i] is not None]
+    fit, idx = _labelled_frames(d, recipe.holdout, seed)
     area = lambda frames: sum(int(np.prod(d.shape(i))) for i in frames)
     pixels = area(idx)
     share = pixels / area(fit)

@@ -6,7 +6,7 @@ Docs: https://capseg.github.io/capseg/seg_train.html.md"""
 
 # %% ../nbs/07_seg_train.ipynb #0b315fad
 from __future__ import annotations
-import math, random, time
+import math, os, random, shutil, time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,19 +18,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (MAX_NPZ_BYTES, CapsegError, History, as_path, atomic_torch_save, check_number, claim_output,
-                         cpu_threads, get_device, kept_global_rng, load_weights, progress, quiet_output, save_json,
-                         seed_everything, staged, warn)
+                         cpu_threads, finish_staged, get_device, kept_global_rng, load_json, load_weights, progress,
+                         quiet_output, save_json, seed_everything, staged, warn)
 from .seg_data import FrameSet, SegData
 from .objects import as_labels, label_objects
 from .plot import image_grid, plot_curves
 from .seg_model import *
 from .seg_model import _nchw
 from .seg_inputs import *
-from .seg_inputs import _Setup, _crops_if_large, _fingerprint, _labels, _resolve_data, _setup_arrays, _setup_frames
+from .seg_inputs import (_Setup, _crops_if_large, _fingerprint, _labelled_frames, _labels, _resolve_data,
+                               _setup_arrays, _setup_frames)
 
 # %% auto #0
-__all__ = ['LABEL_NET', 'PHASE_MARGIN', 'ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'model_record',
-           'label_loss', 'frame_probability', 'score_frames', 'train']
+__all__ = ['LABEL_NET', 'PHASE_MARGIN', 'ENERGY_SIDE', 'FIGURE_SIDE', 'RESULT_FILES', 'IOU_DEFINITION', 'FIRST_PASS',
+           'model_record', 'label_loss', 'load_model', 'frame_probability', 'score_frames', 'train']
 
 # %% ../nbs/07_seg_train.ipynb #430e23a6
 def _rng_state(loader_gen: torch.Generator) -> dict:
@@ -217,8 +218,9 @@ def _resume(state: _State, path: Path, recipe: Recipe, setup: _Setup, info: _Set
     _set_rng_state(ck['rng'], gen)
 
 # %% ../nbs/07_seg_train.ipynb #dce603d0
-def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = True, callback=None) -> dict:
-    "Train on `data` as `recipe` says, checkpointing each epoch into `out`; the metrics of `_finish`."
+def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = True, callback=None,
+         first: _FirstPass | None = None) -> dict:
+    "Train on `data` as `recipe` says, checkpointing each epoch into `out`; the metrics of `_finish` (`first`: there)."
     gen = seed_everything(info.seed)
     setup = (_setup_arrays(data, recipe, info.seed, gen) if isinstance(data, SegData)
              else _setup_frames(data, recipe, info.seed, gen, info.learn))
@@ -252,7 +254,7 @@ def _run(data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool = Tr
                         **({'test_iou': f'{lead.history.last("test/iou"):.1f}'} if 'test/iou' in lead.history else {}))
         if callback is not None: callback(epoch + 1, lead.history)
         if state.stopped: break
-    return _finish(state, setup, data, recipe, out, info, figures=figures)
+    return _finish(state, setup, data, recipe, out, info, figures=figures, first=first)
 
 # %% ../nbs/07_seg_train.ipynb #309125cc
 PHASE_MARGIN = 0.2   # how much more of one phase its largest piece must hold for the sea rule to decide
@@ -336,6 +338,19 @@ def _heldout_scores(m: dict, per: list[dict], labels: _Labels) -> dict:
     return m
 
 # %% ../nbs/07_seg_train.ipynb #21b5c429
+def load_model(path, device=None) -> tuple[nn.Module, dict]:
+    """The network saved by `train`, with its refinement, in eval mode, and its record. `path`: a `train --out` folder
+    or its `model.pt`; `device`: a torch device (default: `capseg.core.get_device`)."""
+    path = as_path(path, 'model')
+    if path.is_dir(): path = path / 'model.pt'
+    if not path.exists(): raise CapsegError(f'{path}: no such model (train one with `capseg segment train`)')
+    rec = load_weights(path, 'model file')
+    if not isinstance(rec, dict) or rec.get('format') != 'capseg.segment/1':
+        raise CapsegError(f'{path}: not a capseg segmentation model')
+    model = build_net(rec['arch_net'], rec['widths'])
+    model.load_state_dict(rec['state_dict'])
+    return with_refinement(model, rec.get('refine')).to(get_device(device)).eval(), rec
+
 def frame_probability(model: nn.Module, image: np.ndarray, norm: dict) -> torch.Tensor:
     "The network's probability map (H×W) of one frame normalised per frame (`FrameSet.image`); over tiles when large."
     return torch.from_numpy(tiled_probability(model, np.asarray(image, np.float32), norm=norm))
@@ -421,9 +436,15 @@ def _inputs(data) -> dict | None:
         return dict(normalize='percentile', low=data.levels[0], high=data.levels[1], channel=data.channel)
     return None
 
-def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool) -> dict:
-    "Keep the best held-out epoch, score it, and publish model.pt, metrics.json and the figures together."
+def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info: _Settings, *, figures: bool,
+            first: _FirstPass | None = None) -> dict:
+    """Keep the best held-out epoch, score it, and publish model.pt, metrics.json and the figures together. `first`:
+    this run is the second pass of `_two_passes`, scored on the frames' own masks, the first pass's time added."""
     net = state.nets[0]
+    if first is not None:                        # the first pass's foreground trained too: score on the own masks
+        data, setup.labels = first.frames, replace(setup.labels, frames=first.labelled,
+                                                   pixels=first.metrics['labelled_pixels'])
+    spent = first.metrics if first else dict(train_seconds=0.0, train_cpu_seconds=0.0)
     if net.best is not None: net.model.load_state_dict(net.best['state'])
     # refinement for images held whole (npz, arrays), not for frames: see "The gap to a real supervised ceiling"
     refined = recipe.refine_steps and not (info.supervised or info.learn) and isinstance(data, SegData)
@@ -442,7 +463,9 @@ def _finish(state: _State, setup: _Setup, data, recipe: Recipe, out: Path, info:
                                        scale=setup.scale),
                           stage / 'model.pt')
         metrics = dict(**results, holdout_risk=net.best['risk'] if net.best else None,
-                       train_seconds=state.train_seconds, train_cpu_seconds=state.cpu_seconds,
+                       train_seconds=state.train_seconds + spent['train_seconds'],
+                       train_cpu_seconds=state.cpu_seconds + spent['train_cpu_seconds'],
+                       **({'first_pass': first.report()} if first else {}),
                        epochs=net.history.epochs, arch=info.arch,
                        supervised=info.supervised, seed=info.seed, alpha=setup.alpha, widths=list(net.widths),
                        epochs_planned=setup.epochs, noise_sigma=setup.sigma * setup.norm['std'],
@@ -471,6 +494,53 @@ def _curves(history: History, path: Path, arch: str):
     plot_curves(history, path, names=names, ncols=len(names),
                 title=f'{arch}: mean ± std over batches; risk: SURE on held-out training images')
 
+# %% ../nbs/07_seg_train.ipynb #e5c1a2f1
+FIRST_PASS = 'first_pass'    # the folder in `out` of the first pass of a run with masks for some frames only
+
+@dataclass
+class _FirstPass:
+    "The first pass, as the second reports it: the frames with their own masks (they score), those that trained."
+    frames: FrameSet
+    labelled: list[int]
+    metrics: dict
+
+    def report(self) -> dict:
+        "What metrics.json records of it."
+        keys = ('epochs', 'best_epoch', 'train_seconds', 'heldout_iou', 'test_iou')
+        return dict(folder=FIRST_PASS, masks_made=len(self.frames) - len(self.labelled),
+                    **{k: self.metrics[k] for k in keys if k in self.metrics})
+
+def _pseudo_masks(model: nn.Module, norm: dict, d: FrameSet, labelled: Sequence[int], folder: Path) -> FrameSet:
+    """`d` with a mask for every frame: its own where it trained the first pass (`labelled`), else the first pass's
+    foreground `p > 0.5`, written as uint8 TIFFs `folder/NNNNN.tif` (frame number) and read back as mask files are.
+    A `folder` already there is a resumed run's, kept."""
+    import tifffile
+    own = set(labelled)
+    if not folder.is_dir():
+        tmp = folder.with_name(f'.{folder.name}.tmp')
+        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+        for i in progress([i for i in range(len(d)) if i not in own], desc='first-pass masks', unit='frame'):
+            fg = (frame_probability(model, d.image(i), norm) > 0.5).numpy().astype(np.uint8)
+            tifffile.imwrite(tmp / f'{i:05d}.tif', fg, compression='zlib')
+        os.replace(tmp, folder)
+    return replace(d, masks=[d.masks[i] if i in own else (folder / f'{i:05d}.tif', 0) for i in range(len(d))])
+
+def _two_passes(d: FrameSet, recipe: Recipe, out: Path, info: _Settings, **kw) -> dict:
+    """A `--learn-from-masks` run on frames only some of which have masks: the first pass in `out/first_pass`, then
+    the second in `out` on every frame with a mask (`_pseudo_masks`); its metrics. A resume continues either pass."""
+    first = out / FIRST_PASS
+    first.mkdir(exist_ok=True)
+    finish_staged(first)                          # a first pass killed while publishing its model has finished it
+    if not (info.resume and (first / 'model.pt').is_file()):
+        shutil.rmtree(first / 'masks', ignore_errors=True)     # an older first pass's
+        _run(d, recipe, first, info, **kw)
+    net, rec = load_model(first, info.device)
+    labelled = _labelled_frames(d, recipe.holdout, info.seed)[1]
+    second = _pseudo_masks(net, rec['norm'], d, labelled, first / 'masks')
+    return _run(second, replace(recipe, holdout=0.0, patience=0), out,
+                replace(info, fingerprint=_fingerprint(second, True)),
+                first=_FirstPass(d, labelled, load_json(first / 'metrics.json')), **kw)
+
 # %% ../nbs/07_seg_train.ipynb #52c3ce4c
 def train(data: str | Path | SegData | None = None, *, images=None, masks=None, shapes: bool = False,
           noise: float = 0.5, out: str | Path = 'runs/segment', epochs: int | None = None, arch: str = 'default',
@@ -497,7 +567,9 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     - `learn_from_masks`: the masks that match training frames (or an npz's `mask_train`) train too: a supervised
       term on them beside the Chan–Vese loss on every frame (see `capseg.seg_inputs`, Learning from the masks);
       metrics.json then records `labelled_frames`, `labelled_pixels` and, on frames, `heldout_iou` on the frames
-      with masks that did not train it; the network is then `LABEL_NET` (unless `arch` or `widths`)
+      with masks that did not train it; the network is then `LABEL_NET` (unless `arch` or `widths`). Where some
+      frames have no mask it trains twice: the first pass (in `out/first_pass`) masks them, the second learns from
+      every frame's mask (see Two passes) and is the model; metrics.json records `first_pass`
     - `out`: the output folder (default runs/segment); one that holds a trained model (model.pt) is refused unless
       `resume` or `overwrite`
     - `resume`: continue from the checkpoint in `out` (same data and settings); `overwrite`: train afresh over the model
@@ -510,7 +582,7 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     - `seed`: the random seed (default 0); `device`: a torch device (default: `capseg.core.get_device`)
     - `channel`: which channel of colour images to train on (None: the grey of RGB by BT.601 weights)
     - `figures`: write curves.png and the results_*.png; `quiet`: no progress bars or lines
-    - `callback`: called as `callback(epoch, history)` after each epoch (epoch counted from 1)
+    - `callback`: called as `callback(epoch, history)` after each epoch (epoch counted from 1, in each pass)
     - `max_npz_bytes`: refuse an npz whose arrays decompress to more bytes (default 2 GiB)"""
     t_start = time.perf_counter()
     # the augmentation's: a broken install stops here, before any work
@@ -542,4 +614,6 @@ def train(data: str | Path | SegData | None = None, *, images=None, masks=None, 
     finished = () if resume or overwrite else RESULT_FILES[:1]        # a finished run's model.pt: refused at once
     with claim_output(out, finished=finished), cpu_threads(recipe.threads if device.type == 'cpu' else None), \
          quiet_output(quiet), kept_global_rng():
+        if learn_from_masks and isinstance(d, FrameSet) and d.n_masks < len(d):
+            return _two_passes(d, recipe, out, info, figures=figures, callback=callback)
         return _run(d, recipe, out, info, figures=figures, callback=callback)

@@ -31,24 +31,10 @@ from .seg_inputs import _array_data, _arrays, _check_range, _frames_of, _too_lar
 from .seg_train import _frame_metrics, score_frames
 
 # %% auto #0
-__all__ = ['OBJECT_KEYS', 'FOREGROUNDS', 'OVERLAYS', 'OVERLAY_SIDE', 'ACCEPTED', 'load_model', 'evaluate', 'read_grey', 'predict',
-           'train']
+__all__ = ['OBJECT_KEYS', 'FOREGROUNDS', 'OVERLAYS', 'OVERLAY_SIDE', 'ACCEPTED', 'evaluate', 'read_grey', 'predict', 'train']
 
 # %% ../nbs/08_segment.ipynb #90c04765
 _all_ = ['train']          # the job's one import: `help(capseg.segment)` lists `train` beside the rest
-
-def load_model(path, device=None) -> tuple[nn.Module, dict]:
-    """The network saved by `train`, with its refinement, in eval mode, and its record. `path`: a `train --out` folder
-    or its `model.pt`; `device`: a torch device (default: `capseg.core.get_device`)."""
-    path = as_path(path, 'model')
-    if path.is_dir(): path = path / 'model.pt'
-    if not path.exists(): raise CapsegError(f'{path}: no such model (train one with `capseg segment train`)')
-    rec = load_weights(path, 'model file')
-    if not isinstance(rec, dict) or rec.get('format') != 'capseg.segment/1':
-        raise CapsegError(f'{path}: not a capseg segmentation model')
-    model = build_net(rec['arch_net'], rec['widths'])
-    model.load_state_dict(rec['state_dict'])
-    return with_refinement(model, rec.get('refine')).to(get_device(device)).eval(), rec
 
 def evaluate(data=None, model=None, *, images=None, masks=None, channel: int | None = None, out=None, device=None,
              max_npz_bytes: int = MAX_NPZ_BYTES) -> dict:

@@ -133,3 +133,20 @@ def test_a_run_that_learns_from_masks_trains_the_label_net(tmp_path):
     assert predict(tmp_path / 'run', np.random.rand(50, 70).astype(np.float32)).shape == (50, 70)
     m = train(images=[images], masks=[masks], out=tmp_path / 'plain', epochs=1, device='cpu', quiet=True, figures=False)
     assert load_model(tmp_path / 'plain', 'cpu')[1]['arch_net'] == 'CVNet'          # without the flag: as before
+
+
+def test_some_frames_unlabelled_train_twice(tmp_path):
+    """1 of 3 frames labelled: the first pass (out/first_pass) masks the other two, the second learns from all three
+    and is the model; a resume after the first pass does not train it again."""
+    images, masks = _frames(tmp_path)
+    out = tmp_path / 'run'
+    m = train(images=[images], masks=[masks], learn_from_masks=True, out=out, **FAST)
+    first = out / 'first_pass'
+    assert (first / 'model.pt').is_file() and sorted(p.name for p in (first / 'masks').iterdir()) == [
+        '00001.tif', '00002.tif']
+    assert m['first_pass']['masks_made'] == 2 and (m['labelled_frames'], m['holdout_images']) == (1, 0)
+    assert m['train_seconds'] > m['first_pass']['train_seconds']
+    made = (first / 'model.pt').stat().st_mtime_ns
+    for name in ('model.pt', 'metrics.json', 'checkpoint.pt'): (out / name).unlink()   # killed in the second pass
+    m = train(images=[images], masks=[masks], learn_from_masks=True, out=out, resume=True, **FAST)
+    assert (first / 'model.pt').stat().st_mtime_ns == made and m['first_pass']['masks_made'] == 2
