@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from capseg.core import load_json, save_json
 from capseg.seg_data import FrameSet, make_shapes
-from capseg.segment import infer, iou_per_image, load_model, normalize, train
+from capseg.segment import FIRST_PASS, infer, iou_per_image, load_model, normalize, train
 from bench.segment_real import SPLIT_COLUMN, TILE, package_data, tiles
 from bench import segment_camera
 from bench.unet import train_unet
@@ -124,8 +124,8 @@ def run(method: str, d: dict, idx: np.ndarray, seed: int, quick: bool) -> dict:
         extra = {k: m[k] for k in ('epochs', 'best_epoch', 'widths', 'labelled_pixels', 'foreground', 'first_pass')
                  if k in m}
         fg = capseg_fg(out)
-        if (out / 'first_pass' / 'model.pt').is_file():
-            extra['first_pass_test_iou'] = test_iou(capseg_fg(out / 'first_pass'), d)
+        if (out / FIRST_PASS / 'model.pt').is_file():
+            extra['first_pass_test_iou'] = test_iou(capseg_fg(out / FIRST_PASS), d)
     seconds = time.perf_counter() - t
     return dict(test_iou=test_iou(fg, d), train_seconds=seconds, labelled_frames=len(idx),
                 labelled_share=float(d['m'][idx].size / d['m'].size) if len(idx) else 0.0, **extra)
